@@ -1,0 +1,77 @@
+"""evaluate stage: a trained adapter on the test split -> metrics, plots, predictions and tables."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from peftlab.data import read_split
+from peftlab.io import write_json, write_parquet
+from peftlab.metrics import classification_metrics, curves
+from peftlab.models import choose_device, load_trained
+from peftlab.params import Params
+from peftlab.predict import classifier_probs
+from peftlab.report import metrics_row, plot_confusion, plot_curve, write_tables
+
+
+@dataclasses.dataclass
+class EvalPaths:
+    adapter: Path
+    splits: Path
+    metrics: Path
+    plots: Path
+    predictions: Path
+    tables: Path   # stem: .csv and .tex are written next to it
+
+    @classmethod
+    def for_run(cls, run: str) -> "EvalPaths":
+        if run == "main":
+            return cls(Path("models/adapters/main"), Path("data/splits"), Path("metrics/evaluate.json"),
+                       Path("plots/evaluate"), Path("data/predictions/main.parquet"), Path("reports/evaluate"))
+        return cls(Path(f"models/adapters/{run}"), Path("data/splits"), Path(f"metrics/sweep/{run}/evaluate.json"),
+                   Path(f"plots/sweep/{run}"), Path(f"data/predictions/{run}.parquet"), Path(f"reports/sweep/{run}"))
+
+
+def prediction_frame(test: pd.DataFrame, probs: np.ndarray, pred: np.ndarray, labels: list[str]) -> pd.DataFrame:
+    """Per-row predictions keyed by id: what compare's paired tests (McNemar, bootstrap) join on."""
+    out = pd.DataFrame({"id": test["id"].to_numpy(), "label": test["label"].to_numpy(), "pred": pred})
+    for i, l in enumerate(labels):
+        out[f"prob_{l}"] = probs[:, i]
+    return out
+
+
+def write_eval_outputs(name: str, m: dict, test: pd.DataFrame, probs: np.ndarray, pred: np.ndarray,
+                       labels: list[str], paths: EvalPaths) -> None:
+    """Everything evaluate writes for one method, shared by every method that is evaluated on the test split."""
+    c = curves(test["label"].to_numpy(), probs, labels)
+    write_json(paths.metrics, m)
+    write_parquet(paths.predictions, prediction_frame(test, probs, pred, labels))
+    write_json(paths.plots / "confusion.json",
+               [{"actual": labels[a], "predicted": labels[p] if p >= 0 else "unparsed"}
+                for a, p in zip(test["label"], pred)])
+    write_json(paths.plots / "roc.json", c["roc"])
+    write_json(paths.plots / "pr.json", c["pr"])
+    plot_confusion(m["confusion_matrix"], labels, paths.plots / "confusion.png", title=f"{name}: test confusion")
+    plot_curve(c["roc"], "fpr", "tpr", paths.plots / "roc.png", f"{name}: ROC (AUC {m['roc_auc'] or 0:.3f})",
+               diagonal=True)
+    plot_curve(c["pr"], "recall", "precision", paths.plots / "pr.png", f"{name}: PR (AP {m['pr_auc'] or 0:.3f})")
+    table = pd.DataFrame([metrics_row(name, m)])
+    write_tables(table, csv_path=paths.tables.with_suffix(".csv"), tex_path=paths.tables.with_suffix(".tex"),
+                 caption=f"{name} on the test split (n={m['n']})")
+
+
+def run_evaluate(params: Params, paths: EvalPaths, name: str = "main") -> dict:
+    device = choose_device(params.model.device)
+    model, tok, setup = load_trained(paths.adapter, device, merge=params.evaluate.merge_lora)
+    test = read_split(paths.splits, "test")
+    probs = classifier_probs(model, tok, test["text"].tolist(), setup.max_length, params.evaluate.batch_size, device)
+    pred = probs.argmax(axis=1)
+    m = classification_metrics(test["label"].to_numpy(), pred, probs, setup.labels,
+                               bootstrap=params.evaluate.bootstrap, seed=params.seed)
+    write_eval_outputs(name, m, test, probs, pred, setup.labels, paths)
+    ci = m["ci95"]["accuracy"] or [float("nan")] * 2
+    print(f"evaluate {name}: accuracy {m['accuracy']:.4f} (95% CI {ci[0]:.4f}-{ci[1]:.4f}), "
+          f"macro F1 {m['f1_macro']:.4f}, n={m['n']}")
+    return m

