@@ -297,7 +297,7 @@ def to_contract(raw: pd.DataFrame, entry: dict, labels: list[str], class_names: 
     df, label_values = df[~missing_label], label_values[~missing_label]
     names = (class_names or {}).get(label_col)
     keys = label_values.map(_value_key)
-    if names and not entry.get("label_map"):
+    if names:  # a Hub ClassLabel: ints become their names, which label_map may then rename
         keys = keys.map(lambda k: names[int(k)] if k.lstrip("-").isdigit() and 0 <= int(k) < len(names) else k)
     label_map = entry.get("label_map")
     if label_map:

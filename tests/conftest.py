@@ -44,7 +44,8 @@ def build_tiny_model(dest: Path, family: str, name: str) -> Path:
     tok = make_tokenizer(family)
     if family == "encoder":
         cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id)
+                         intermediate_size=64, max_position_embeddings=128, pad_token_id=tok.pad_token_id,
+                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         model = AutoModel.from_config(cfg)
         targets = ["query", "key", "value"]
     else:

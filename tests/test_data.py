@@ -1,0 +1,89 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import toy_frame
+from peftlab.data import assign_splits, check_leakage, dedupe, make_splits, normalize_for_dedupe
+from peftlab.errors import PeftlabError
+from peftlab.io import stable_hash
+
+
+def frame(n=1000, seed=0, p_pos=0.3, groups=None):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < p_pos).astype(int)
+    text = [f"review {i} {'nice' if v else 'poor'}" for i, v in enumerate(y)]
+    df = pd.DataFrame({"id": [stable_hash("t", t) for t in text], "text": text, "label": y,
+                       "label_text": np.where(y == 1, "positive", "negative")})
+    if groups:
+        df["group"] = [f"g{int(g)}" for g in rng.integers(0, groups, n)]
+    return df
+
+
+def test_stratified_split_keeps_class_proportions():
+    df = frame(2000, p_pos=0.3)
+    which = assign_splits(df, val=0.1, test=0.2, seed=1)
+    for name, frac in (("test", 0.2), ("val", 0.1)):
+        part = df[which == name]
+        assert abs(len(part) - frac * len(df)) <= 2
+        assert abs(part["label"].mean() - df["label"].mean()) < 0.005   # exact up to rounding per class
+
+
+def test_split_is_deterministic_and_independent_of_row_order():
+    df = frame(500)
+    a = assign_splits(df, 0.1, 0.1, seed=42)
+    shuffled = df.sample(frac=1.0, random_state=3)
+    b = assign_splits(shuffled, 0.1, 0.1, seed=42).loc[df.index]
+    assert (a == b).all()
+    c = assign_splits(df, 0.1, 0.1, seed=43)
+    assert (a != c).any()   # the seed matters
+
+
+def test_grouped_split_keeps_each_group_in_one_split():
+    df = frame(1500, groups=120)
+    which = assign_splits(df, 0.1, 0.1, seed=0, grouped=True)
+    per_group = pd.DataFrame({"g": df["group"], "s": which}).groupby("g")["s"].nunique()
+    assert per_group.max() == 1
+    assert 0.05 < (which == "test").mean() < 0.2
+
+
+def test_grouped_split_without_group_column_is_a_clear_error():
+    with pytest.raises(PeftlabError, match="data.group_column"):
+        assign_splits(frame(50), 0.1, 0.1, seed=0, grouped=True)
+
+
+def test_dedupe_normalises_case_whitespace_and_html_and_drops_conflicts():
+    assert normalize_for_dedupe("Great <br /> FILM!&amp;") == normalize_for_dedupe("great   film!&")
+    df = pd.DataFrame({"text": ["Great film", "great  <br/> FILM", "Bad film", "bad film", "ok"],
+                       "label": [1, 1, 0, 1, 1]})
+    kept, counts = dedupe(df)
+    assert list(kept["text"]) == ["Great film", "ok"]
+    assert counts == {"dropped_duplicates": 1, "dropped_conflicting_labels": 2}
+
+
+def test_leakage_check_catches_a_text_in_two_splits():
+    a = pd.DataFrame({"text": ["Same review."], "group": ["m1"]})
+    b = pd.DataFrame({"text": ["same  REVIEW."], "group": ["m2"]})
+    with pytest.raises(PeftlabError, match="leakage.*train and test"):
+        check_leakage({"train": a, "test": b})
+    c = pd.DataFrame({"text": ["other"], "group": ["m1"]})
+    with pytest.raises(PeftlabError, match="group 'm1' is in both train and test"):
+        check_leakage({"train": a, "test": c}, group=True)
+
+
+def test_make_splits_cleans_filters_and_reports_counts():
+    df = toy_frame(300)
+    extra = pd.DataFrame([{"id": "x1", "text": "  \x00 ", "label": 0, "label_text": "negative"},
+                          {"id": "x2", "text": df.loc[0, "text"].upper(), "label": int(df.loc[0, "label"]),
+                           "label_text": df.loc[0, "label_text"]},
+                          {"id": "x3", "text": "word " * 50, "label": 1, "label_text": "positive"}])
+    parts, stats = make_splits(pd.concat([df, extra], ignore_index=True), ["negative", "positive"], 0.1, 0.1,
+                               seed=0, grouped=False, min_words=1, max_words=40)
+    c = stats["counts"]
+    assert (c["dropped_empty_text"], c["dropped_duplicates"], c["dropped_too_long"]) == (1, 1, 1)
+    assert sum(stats[s]["n"] for s in ("train", "val", "test")) == c["kept_rows"] == 300
+    assert stats["test"]["negative"] + stats["test"]["positive"] == stats["test"]["n"]
+
+
+def test_empty_after_filtering_is_refused():
+    with pytest.raises(PeftlabError, match="no rows left"):
+        make_splits(toy_frame(50), ["negative", "positive"], 0.1, 0.1, 0, False, min_words=100, max_words=200)

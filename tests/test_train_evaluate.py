@@ -1,0 +1,84 @@
+"""train and evaluate on tiny real models (built from configs) in a scratch project folder."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, toy_frame, write_splits
+from peftlab.evaluate import EvalPaths, run_evaluate
+from peftlab.params import Params, build
+from peftlab.train import RunPaths, run_train
+
+
+def params_for(model: str, **train) -> Params:
+    p = Params()
+    p.model = build(type(p.model), {"name": model, "max_length": 32}, "model")
+    p.lora = build(type(p.lora), {"r": 4, "alpha": 8, "dropout": 0.0}, "lora")
+    p.train = build(type(p.train), {"epochs": 8, "lr": 0.02, "batch_size": 16, "save_steps": 20,
+                                    "logging_steps": 5, "warmup_ratio": 0.0, **train}, "train")
+    p.evaluate = build(type(p.evaluate), {"bootstrap": 50}, "evaluate")
+    return p
+
+
+@pytest.mark.parametrize("family", ["encoder", "decoder"])
+def test_lora_classifier_learns_the_toy_task_and_evaluates(project, tiny_models, family):
+    name = f"tiny-{family}"
+    shutil.copytree(tiny_models[family], project / "models" / "base" / name)
+    write_splits(project, toy_frame(400, seed=1))
+    summary = run_train(params_for(name), RunPaths.for_run("main"))
+
+    adapter = project / "models" / "adapters" / "main"
+    assert (adapter / "adapter_model.safetensors").exists()
+    meta = json.loads((adapter / "peftlab.json").read_text())
+    assert meta["labels"] == ["negative", "positive"] and meta["head"] == "classifier"
+    assert 0 < summary["trainable_params"] < summary["total_params"]
+    assert not any((project / "checkpoints" / "main").iterdir())   # cleared after success
+    loss_curve = (project / "dvclive" / "main" / "plots" / "metrics" / "loss.tsv").read_text().splitlines()
+    losses = [float(l.split("\t")[-1]) for l in loss_curve[1:]]
+    assert losses[-1] < losses[0]
+
+    m = run_evaluate(params_for(name), EvalPaths.for_run("main"))
+    assert m["accuracy"] >= 0.9, m["accuracy"]          # the cue word decides the label
+    assert set(m) >= {"accuracy", "f1_macro", "precision", "recall", "f1", "roc_auc", "pr_auc", "n",
+                      "confusion_matrix", "ci95"}
+    lo, hi = m["ci95"]["accuracy"]
+    assert lo <= m["accuracy"] <= hi
+    assert np.sum(m["confusion_matrix"]) == m["n"]
+    for f in ("confusion.png", "roc.png", "pr.png", "confusion.json", "roc.json"):
+        assert (project / "plots" / "evaluate" / f).stat().st_size > 0
+    tex = (project / "reports" / "evaluate.tex").read_text()
+    assert r"\toprule" in tex and r"acc\_ci\_low" in tex
+
+    # the predict command uses the same adapter
+    proc = subprocess.run([sys.executable, "-m", "peftlab.predict", "the film was great fun #1", "awful dull plot #2"],
+                          cwd=project, capture_output=True, text=True, env={**__import__("os").environ,
+                                                                            "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert [l.split("\t")[0] for l in proc.stdout.strip().splitlines()] == ["positive", "negative"]
+
+
+def test_training_twice_with_the_same_seed_gives_identical_adapters(project, tiny_models):
+    shutil.copytree(tiny_models["encoder"], project / "models" / "base" / "tiny-encoder")
+    write_splits(project, toy_frame(120, seed=2))
+    digests = []
+    for _ in range(2):
+        run_train(params_for("tiny-encoder", epochs=1), RunPaths.for_run("main"))
+        digests.append((project / "models" / "adapters" / "main" / "adapter_model.safetensors").read_bytes())
+    assert digests[0] == digests[1]
+
+
+def test_missing_target_module_is_a_clear_error(project, tiny_models):
+    from peftlab.errors import PeftlabError
+
+    shutil.copytree(tiny_models["encoder"], project / "models" / "base" / "tiny-encoder")
+    write_splits(project, toy_frame(60))
+    p = params_for("tiny-encoder")
+    p.lora.target_modules = ["q_proj"]
+    with pytest.raises(PeftlabError, match="'q_proj', which this model does not have; allowed: .*query"):
+        run_train(p, RunPaths.for_run("main"))
+    assert not (project / "models" / "adapters" / "main").exists()
