@@ -2,7 +2,8 @@
 
 Checkpoints live in checkpoints/<run>/ (a persistent DVC out) next to a fingerprint of everything that
 determines the run; a rerun with the same fingerprint resumes from the latest checkpoint, a different one
-starts clean. On success the checkpoints are removed: only the adapter is the product.
+starts clean. On success the checkpoints are removed (the fingerprint stays, marking the run complete): only the adapter
+is the product.
 """
 from __future__ import annotations
 
@@ -159,8 +160,8 @@ def run_train(params: Params, paths: RunPaths) -> dict:
         trainer.model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         write_json(tmp / "peftlab.json", setup.to_json())
-    shutil.rmtree(paths.checkpoints)
-    paths.checkpoints.mkdir(parents=True)
+    for ckpt in paths.checkpoints.glob("checkpoint-*"):
+        shutil.rmtree(ckpt)
 
     summary = {
         "trainable_params": int(trainable), "total_params": int(total),
