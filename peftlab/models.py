@@ -165,3 +165,29 @@ def load_trained(adapter_dir: str | Path, device: torch.device, merge: bool = Tr
         model = model.merge_and_unload()
     model.to(device).eval()
     return model, tok, setup
+
+
+def load_causal_lm(model_dir: str | Path, device: torch.device, trust_remote_code: bool = False):
+    """A fetched decoder as a causal LM (zero-shot scoring, generation, perplexity), in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    info = base_info(model_dir)
+    check_remote_code(info, trust_remote_code)
+    if info["family"] != "decoder":
+        raise PeftlabError(f"{info['name']!r} is a {info['family']} model; a decoder (causal LM) is needed here")
+    tok = load_tokenizer(model_dir, "decoder", trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True,
+                                                 trust_remote_code=trust_remote_code)
+    return model.to(device).eval(), tok
+
+
+def load_encoder(model_dir: str | Path, device: torch.device, trust_remote_code: bool = False):
+    """A fetched model's bare backbone (hidden states), for frozen embeddings."""
+    from transformers import AutoModel
+
+    info = base_info(model_dir)
+    check_remote_code(info, trust_remote_code)
+    tok = load_tokenizer(model_dir, info["family"], trust_remote_code)
+    model = AutoModel.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True,
+                                      trust_remote_code=trust_remote_code)
+    return model.to(device).eval(), tok

@@ -109,6 +109,46 @@ class EvaluateParams:
     merge_lora: bool = _meta(True, doc="merge the adapter into the weights for inference")
 
 
+BASELINE_METHODS = ("majority", "stratified", "tfidf_logreg", "tfidf_svm", "emb_logreg", "emb_svm_rbf", "emb_mlp",
+                    "encoder_zeroshot", "llm_zeroshot", "llm_generate")
+
+
+@dataclass
+class BaselineParams:
+    methods: list[str] = _meta(factory=lambda: list(BASELINE_METHODS))
+    llm: str = _meta("smollm2-135m-instruct", doc="a key of `models`: the zero-shot decoder")
+    encoder: str = _meta("minilm-l6", doc="a key of `models`: frozen embeddings and encoder zero-shot")
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    batch_size: int = _meta(32, lo=1)
+    max_length: int = _meta(128, lo=8)
+    select_rows: int = _meta(200, lo=10, doc="val rows (stratified sample) that choose the zero-shot variant")
+    prompts: list[dict] = _meta(factory=lambda: [
+        {"system": "Classify the sentiment of the movie review as {labels}.", "user": "{text}"},
+        {"system": None, "user": "Review: {text}\nIs the sentiment of this review {labels}?"}])
+    prefills: list[str] = _meta(factory=lambda: ["This review is", ""])
+    calibration: list[bool] = _meta(factory=lambda: [False, True])
+    content_free: list[str] = _meta(factory=lambda: ["N/A", "", "[MASK]"])
+    label_words: Optional[dict] = _meta(doc="label -> word scored after the prompt; null: ' <label>'")
+    shots: int = _meta(0, lo=0, doc="k demonstrations drawn from train by seed")
+    max_new_tokens: int = _meta(10, lo=1)
+    generate_prefill: bool = _meta(False, doc="generation mode: prefill the answer like scoring does")
+    description_template: str = _meta("a {label} review", doc="encoder zero-shot: text per label")
+    svm_c: float = _meta(1.0, lo=0.0, lo_open=True)
+    c_grid: list[float] = _meta(factory=lambda: [0.3, 1.0, 3.0, 10.0], doc="TF-IDF C values chosen on val")
+
+    def check(self) -> None:
+        bad = [m for m in self.methods if m not in BASELINE_METHODS]
+        if bad:
+            raise PeftlabError(f"params.yaml: baseline.methods has {bad[0]!r}; allowed: {', '.join(BASELINE_METHODS)}")
+        if not self.prompts or not self.prefills or not self.calibration:
+            raise PeftlabError("params.yaml: baseline.prompts, prefills and calibration need at least one "
+                               "candidate each")
+        for i, pr in enumerate(self.prompts):
+            if not isinstance(pr, dict) or "{text}" not in str(pr.get("user", "")) or set(pr) - {"system", "user"}:
+                raise PeftlabError(f"params.yaml: baseline.prompts[{i}] = {pr!r} is invalid; allowed: "
+                                   f"{{system: <text or null>, user: <text with {{text}}>}}")
+
+
 @dataclass
 class Params:
     seed: int = 42
@@ -119,6 +159,7 @@ class Params:
     lora: LoraParams = field(default_factory=LoraParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    baseline: BaselineParams = field(default_factory=BaselineParams)
 
 
 # --- validation -----------------------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """Fast batched scoring, shared by evaluate, baseline and benchmark, and the `predict` command.
 
 Texts are sorted by length so each batch pads only to its own longest member (dynamic padding), run under
-`torch.inference_mode`, and put back in the caller's order.
+`torch.inference_mode`, and put back in the caller's order. Three ways to turn a model into class scores:
+classifier logits; label-word log-probabilities after a prompt (decoders, one forward pass per batch when
+every label word is one token); and free generation parsed for a label word (unparsable answers are -1).
 
     python -m peftlab.predict "a gorgeous, witty film" "a tedious mess" [--adapter models/adapters/main]
 """
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -43,6 +46,133 @@ def classifier_probs(model, tokenizer, texts: Sequence[str], max_length: int, ba
             out[idx] = probs
     if out is None:
         raise PeftlabError("nothing to score: no texts given")
+    return out
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Left-padded ids, mask and position ids, so every sequence ends at the last column.
+
+    Position ids come from the mask's cumulative sum: with left padding a decoder would otherwise give the
+    first real token the position of the padding before it, and scores would depend on the batch.
+    """
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[row, width - len(s):] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": pos.to(device)}
+
+
+def chat_prompt(tokenizer, system: str | None, user: str, prefill: str = "",
+                demos: Sequence[tuple[str, str]] = ()) -> str:
+    """The prompt string: the tokenizer's chat template when it has one, plain text otherwise."""
+    messages = [{"role": "system", "content": system}] if system else []
+    for u, a in demos:
+        messages += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
+    messages.append({"role": "user", "content": user})
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:
+        text = "".join(f"{m['content']}\n\n" for m in messages)
+    return text + prefill
+
+
+def label_token_ids(tokenizer, words: Sequence[str]) -> list[list[int]]:
+    ids = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in words]
+    for w, i in zip(words, ids):
+        if not i:
+            raise PeftlabError(f"label word {w!r} is empty after tokenization; allowed: a non-empty word")
+    return ids
+
+
+def label_logprobs(model, tokenizer, prompts: Sequence[str], label_ids: list[list[int]], batch_size: int = 32,
+                   device: torch.device | None = None, progress: bool = True) -> np.ndarray:
+    """(n, k) log-probability of each label's word(s) right after each prompt, summed over its tokens."""
+    device = device or next(model.parameters()).device
+    enc = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = np.zeros((len(enc), len(label_ids)), dtype=np.float64)
+    single = all(len(ids) == 1 for ids in label_ids)
+    batches = list(length_sorted_batches([len(x) for x in enc], batch_size))
+    with torch.inference_mode():
+        for idx in tqdm(batches, desc="label scoring", unit="batch", disable=not progress):
+            if single:  # one pass: the next-token distribution holds every label
+                logits = model(**left_pad([enc[i] for i in idx], pad, device), logits_to_keep=1).logits[:, -1]
+                lp = torch.log_softmax(logits.float(), dim=-1)
+                out[idx] = lp[:, [ids[0] for ids in label_ids]].cpu().numpy()
+                continue
+            for j, ids in enumerate(label_ids):  # teacher-force each label's tokens after the prompt
+                m = len(ids)
+                logits = model(**left_pad([enc[i] + ids for i in idx], pad, device), logits_to_keep=m + 1).logits
+                lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+                target = torch.tensor(ids, device=lp.device).expand(len(idx), m)
+                out[idx, j] = lp.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum(-1).cpu().numpy()
+    return out
+
+
+def calibrate(logprobs: np.ndarray, content_free: np.ndarray) -> np.ndarray:
+    """Contextual calibration (Zhao et al. 2021): subtract the label bias the model shows on content-free
+    inputs ("N/A", "", "[MASK]"), averaged, from each normalised score."""
+    from scipy.special import logsumexp
+
+    norm = logprobs - logsumexp(logprobs, axis=1, keepdims=True)
+    bias = (content_free - logsumexp(content_free, axis=1, keepdims=True)).mean(axis=0)
+    return norm - bias
+
+
+def softmax_rows(scores: np.ndarray) -> np.ndarray:
+    from scipy.special import softmax
+
+    return softmax(np.asarray(scores, dtype=np.float64), axis=1)
+
+
+def generate_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 10, batch_size: int = 32,
+                     device: torch.device | None = None, progress: bool = True) -> list[str]:
+    """Greedy free generation, batched and left-padded; returns only the new text of each answer."""
+    device = device or next(model.parameters()).device
+    enc = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    answers: list[str] = [""] * len(enc)
+    batches = list(length_sorted_batches([len(x) for x in enc], batch_size))
+    with torch.inference_mode():
+        for idx in tqdm(batches, desc="generating", unit="batch", disable=not progress):
+            batch = left_pad([enc[i] for i in idx], pad, device)
+            batch.pop("position_ids")  # generate() derives them from the mask
+            new = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            for row, i in enumerate(idx):
+                answers[i] = tokenizer.decode(new[row, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return answers
+
+
+def parse_label(answer: str, label_words: Sequence[str]) -> int:
+    """Index of the label word that appears first in `answer` (case-insensitive, whole word), or -1."""
+    best, where = -1, len(answer) + 1
+    low = answer.lower()
+    for i, w in enumerate(label_words):
+        m = re.search(rf"\b{re.escape(w.strip().lower())}\b", low)
+        if m and m.start() < where:
+            best, where = i, m.start()
+    return best
+
+
+def mean_pooled_embeddings(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64,
+                           device: torch.device | None = None, progress: bool = True) -> np.ndarray:
+    """L2-normalised mean of the last hidden states over real tokens (sentence-transformers pooling)."""
+    device = device or next(model.parameters()).device
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    out = None
+    batches = list(length_sorted_batches([len(x) for x in enc["input_ids"]], batch_size))
+    with torch.inference_mode():
+        for idx in tqdm(batches, desc="embedding", unit="batch", disable=not progress):
+            batch = tokenizer.pad([{k: enc[k][i] for k in enc.keys()} for i in idx], return_tensors="pt").to(device)
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            emb = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
+            if out is None:
+                out = np.zeros((len(texts), emb.shape[1]), dtype=np.float32)
+            out[idx] = emb.float().cpu().numpy()
     return out
 
 

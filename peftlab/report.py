@@ -122,3 +122,21 @@ def plot_curve(rows: list[dict], x: str, y: str, path: str | Path, title: str, d
     if not df.empty:
         ax.legend(loc="lower right" if diagonal else "lower left")
     save_figure(fig, path)
+
+
+def plot_bars(table: pd.DataFrame, path: str | Path, title: str, metric: str = "accuracy") -> None:
+    """Horizontal bars of `metric` per method, with the 95% CI as error bars when the table has one."""
+    t = table.sort_values(metric)
+    fig, ax = plt.subplots(figsize=(6.5, 0.38 * len(t) + 1.2))
+    err = None
+    if metric == "accuracy" and {"acc_ci_low", "acc_ci_high"} <= set(t.columns):
+        lo = (t[metric] - t["acc_ci_low"]).clip(lower=0).fillna(0)
+        hi = (t["acc_ci_high"] - t[metric]).clip(lower=0).fillna(0)
+        err = [lo.to_numpy(), hi.to_numpy()]
+    ax.barh(t["method"].astype(str), t[metric], xerr=err, color="#4C72B0", capsize=3)
+    for i, v in enumerate(t[metric]):
+        ax.text(min(v + 0.01, 0.98), i, f"{v:.3f}", va="center", fontsize=8)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(metric)
+    ax.set_title(title)
+    save_figure(fig, path)

@@ -1,0 +1,286 @@
+"""baseline stage: what a fine-tuned model replaces, on the same test split and in the same metrics schema.
+
+Zero-shot decoder (label-word scoring and free generation), zero-shot encoder (embedding similarity),
+majority / stratified-random, TF-IDF and frozen-embedding classifiers. Every choice (prompt, prefill,
+calibration, regularisation) is made on the validation split, never on test.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.special import logsumexp
+
+from peftlab.data import read_labels, read_split
+from peftlab.evaluate import prediction_frame
+from peftlab.io import write_json, write_parquet
+from peftlab.metrics import accuracy, classification_metrics
+from peftlab.models import choose_device, load_causal_lm, load_encoder
+from peftlab.params import BaselineParams, Params
+from peftlab.predict import (calibrate, chat_prompt, generate_answers, label_logprobs, label_token_ids,
+                             mean_pooled_embeddings, parse_label, softmax_rows)
+from peftlab.report import metrics_row, plot_bars, write_tables
+
+
+@dataclass
+class Scored:
+    """One method's test-split output: hard predictions (-1 = no answer), class scores, extras for metrics."""
+    pred: np.ndarray
+    probs: np.ndarray
+    extra: dict
+
+
+# --- zero-shot decoder -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Variant:
+    prompt: int
+    prefill: str
+
+
+def label_words(bp: BaselineParams, labels: list[str]) -> list[list[str]]:
+    words = bp.label_words or {}
+    out = []
+    for l in labels:
+        w = words.get(l, l)
+        out.append([w] if isinstance(w, str) else list(w))
+    return out
+
+
+def surface_forms(words: list[list[str]], prefill: str) -> tuple[list[str], list[int]]:
+    """The strings scored for each label: after a prefill they follow a space; at the start of the answer
+    the model may capitalise, so both forms count (their probabilities are summed per label)."""
+    forms, owner = [], []
+    for i, ws in enumerate(words):
+        for w in ws:
+            w = w.strip()
+            variants = [" " + w] if prefill.strip() else sorted({w, w.capitalize()})
+            forms += variants
+            owner += [i] * len(variants)
+    return forms, owner
+
+
+def render(bp: BaselineParams, variant: Variant, tok, texts: list[str], labels: list[str],
+           demos: list[tuple[str, int]], prefill: str | None = None) -> list[str]:
+    spec = bp.prompts[variant.prompt]
+    joined = " or ".join(labels)
+    system = spec.get("system")
+    system = system.format(labels=joined) if system else None
+    prefill = variant.prefill if prefill is None else prefill
+    words = label_words(bp, labels)
+    shots = [(spec["user"].format(text=t, labels=joined), f"{prefill} {words[y][0]}".strip() + ".")
+             for t, y in demos]
+    return [chat_prompt(tok, system, spec["user"].format(text=t, labels=joined), prefill, shots) for t in texts]
+
+
+def score_variant(model, tok, bp: BaselineParams, variant: Variant, texts: list[str], labels: list[str],
+                  demos: list[tuple[str, int]], device) -> np.ndarray:
+    """(n, k) label log-scores: log-probabilities of each label's surface forms, summed in probability."""
+    forms, owner = surface_forms(label_words(bp, labels), variant.prefill)
+    lp = label_logprobs(model, tok, render(bp, variant, tok, texts, labels, demos),
+                        label_token_ids(tok, forms), bp.batch_size, device)
+    owner = np.asarray(owner)
+    return np.stack([logsumexp(lp[:, owner == i], axis=1) for i in range(len(labels))], axis=1)
+
+
+def draw_demos(train: pd.DataFrame, shots: int, seed: int) -> list[tuple[str, int]]:
+    """k demonstrations from train, cycling through the labels so each appears, by seed."""
+    if shots == 0:
+        return []
+    rng = np.random.default_rng(seed)
+    by_label = {y: list(rng.permutation(g.index)) for y, g in train.groupby("label")}
+    picks, labels = [], itertools.cycle(sorted(by_label))
+    while len(picks) < shots:
+        y = next(labels)
+        if by_label[y]:
+            picks.append(by_label[y].pop())
+    order = rng.permutation(len(picks))
+    return [(train.loc[picks[i], "text"], int(train.loc[picks[i], "label"])) for i in order]
+
+
+def llm_baselines(bp: BaselineParams, seed: int, labels: list[str], train: pd.DataFrame, val: pd.DataFrame,
+                  test: pd.DataFrame, methods: list[str]) -> dict[str, Scored]:
+    device = choose_device(bp.device)
+    model, tok = load_causal_lm(Path("models/base") / bp.llm, device)
+    tok.padding_side = "left"
+    demos = draw_demos(train, bp.shots, seed)
+    sel = select_rows(val, bp.select_rows, seed)
+    cf_texts = list(bp.content_free)
+    grid = []
+    for variant in (Variant(i, p) for i in range(len(bp.prompts)) for p in bp.prefills):
+        raw = score_variant(model, tok, bp, variant, sel["text"].tolist(), labels, demos, device)
+        cf = score_variant(model, tok, bp, variant, cf_texts, labels, demos, device)
+        for cal in bp.calibration:
+            scores = calibrate(raw, cf) if cal else raw
+            grid.append({"prompt": variant.prompt, "prefill": variant.prefill, "calibration": bool(cal),
+                         "val_accuracy": accuracy(sel["label"], scores.argmax(1)), "_variant": variant})
+    best = max(grid, key=lambda g: g["val_accuracy"])   # first wins ties: the order of the params
+    variant = best.pop("_variant")
+    for g in grid:
+        g.pop("_variant", None)
+    chosen = {k: best[k] for k in ("prompt", "prefill", "calibration", "val_accuracy")}
+    print(f"zero-shot selection on {len(sel)} val rows: best {chosen}")
+    out: dict[str, Scored] = {}
+    texts = test["text"].tolist()
+    if "llm_zeroshot" in methods:
+        scores = score_variant(model, tok, bp, variant, texts, labels, demos, device)
+        if best["calibration"]:
+            scores = calibrate(scores, score_variant(model, tok, bp, variant, cf_texts, labels, demos, device))
+        out["llm_zeroshot"] = Scored(scores.argmax(1), softmax_rows(scores),
+                                     {"chosen": chosen, "selection": grid, "shots": bp.shots})
+    if "llm_generate" in methods:
+        prefill = variant.prefill if bp.generate_prefill else ""
+        prompts = render(bp, variant, tok, texts, labels, demos, prefill=prefill)
+        answers = generate_answers(model, tok, prompts, bp.max_new_tokens, bp.batch_size, device)
+        words = [ws[0] for ws in label_words(bp, labels)]
+        pred = np.array([parse_label(a, words) for a in answers])
+        probs = np.zeros((len(pred), len(labels)))
+        probs[pred >= 0, pred[pred >= 0]] = 1.0
+        probs[pred < 0] = 1.0 / len(labels)
+        out["llm_generate"] = Scored(pred, probs, {"prompt": variant.prompt, "prefill": prefill,
+                                                   "max_new_tokens": bp.max_new_tokens,
+                                                   "examples": answers[:5]})
+    return out
+
+
+def select_rows(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """A stratified sample of n rows (all rows when there are fewer)."""
+    if len(df) <= n:
+        return df
+    frac = n / len(df)
+    return (df.groupby("label", group_keys=False).sample(frac=frac, random_state=seed)
+            .sort_values("id").reset_index(drop=True))
+
+
+# --- encoders and classical models -----------------------------------------------------------------------
+
+def encoder_baselines(bp: BaselineParams, seed: int, labels: list[str], train: pd.DataFrame, val: pd.DataFrame,
+                      test: pd.DataFrame, methods: list[str]) -> dict[str, Scored]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.svm import SVC
+
+    device = choose_device(bp.device)
+    model, tok = load_encoder(Path("models/base") / bp.encoder, device)
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return mean_pooled_embeddings(model, tok, texts, bp.max_length, 64, device)
+
+    out: dict[str, Scored] = {}
+    x_test = embed(test["text"].tolist())
+    if "encoder_zeroshot" in methods:
+        desc = embed([bp.description_template.format(label=l) for l in labels])
+        sims = x_test @ desc.T
+        out["encoder_zeroshot"] = Scored(sims.argmax(1), softmax_rows(sims * 20.0),
+                                         {"descriptions": [bp.description_template.format(label=l) for l in labels]})
+    fits = {"emb_svm_rbf": lambda: SVC(kernel="rbf", C=bp.svm_c, random_state=seed),
+            "emb_mlp": lambda: MLPClassifier(hidden_layer_sizes=(256,), early_stopping=True, max_iter=200,
+                                             random_state=seed)}
+    if any(m in methods for m in ("emb_logreg", *fits)):
+        x_train = embed(train["text"].tolist())
+        if "emb_logreg" in methods:
+            out["emb_logreg"] = fit_with_c_on_val(lambda c: LogisticRegression(C=c, max_iter=3000), bp.c_grid,
+                                                  x_train, train["label"], embed(val["text"].tolist()),
+                                                  val["label"], x_test, len(labels))
+        for name, make in fits.items():
+            if name in methods:
+                clf = make().fit(x_train, train["label"])
+                out[name] = Scored(clf.predict(x_test), class_scores(clf, x_test, len(labels)), {})
+    return out
+
+
+def fit_with_c_on_val(make, grid: list[float], x_train, y_train, x_val, y_val, x_test, k: int) -> Scored:
+    """Fit one model per regularisation strength C, keep the best on val, score test with it."""
+    val_acc = {c: accuracy(y_val, make(c).fit(x_train, y_train).predict(x_val)) for c in grid}
+    c = max(grid, key=lambda v: val_acc[v])   # first wins ties
+    clf = make(c).fit(x_train, y_train)
+    return Scored(clf.predict(x_test), class_scores(clf, x_test, k),
+                  {"C": c, "val_accuracy_by_C": {f"{k_:g}": v for k_, v in val_acc.items()}})
+
+
+def class_scores(clf, x, k: int) -> np.ndarray:
+    """Probabilities where the model has them, else a softmax of decision scores (enough for ROC/PR)."""
+    if hasattr(clf, "predict_proba"):
+        return clf.predict_proba(x)
+    d = clf.decision_function(x)
+    if d.ndim == 1:
+        d = np.stack([-d, d], axis=1)
+    return softmax_rows(d)
+
+
+def tfidf_baselines(bp: BaselineParams, seed: int, labels: list[str], train: pd.DataFrame, val: pd.DataFrame,
+                    test: pd.DataFrame, methods: list[str]) -> dict[str, Scored]:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_union
+    from sklearn.svm import LinearSVC
+
+    feats = make_union(TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2),
+                       TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2))
+    x_train = feats.fit_transform(train["text"])
+    x_val, x_test = feats.transform(val["text"]), feats.transform(test["text"])
+    makers = {"tfidf_logreg": lambda c: LogisticRegression(C=c, max_iter=3000),
+              "tfidf_svm": lambda c: LinearSVC(C=c, random_state=seed)}
+    out: dict[str, Scored] = {}
+    for name, make in makers.items():
+        if name in methods:
+            grid = bp.c_grid if name == "tfidf_logreg" else [c / 10 for c in bp.c_grid]  # hinge loss: ~10x less C
+            out[name] = fit_with_c_on_val(make, grid, x_train, train["label"], x_val, val["label"], x_test,
+                                          len(labels))
+    return out
+
+
+def dummy_baselines(seed: int, labels: list[str], train: pd.DataFrame, test: pd.DataFrame,
+                    methods: list[str]) -> dict[str, Scored]:
+    from sklearn.dummy import DummyClassifier
+
+    out = {}
+    for name, strategy in (("majority", "most_frequent"), ("stratified", "stratified")):
+        if name in methods:
+            clf = DummyClassifier(strategy=strategy, random_state=seed).fit(np.zeros((len(train), 1)), train["label"])
+            x = np.zeros((len(test), 1))
+            probs = np.zeros((len(test), len(labels)))
+            probs[:, clf.classes_] = clf.predict_proba(x)
+            out[name] = Scored(clf.predict(x), probs, {})
+    return out
+
+
+# --- the stage -------------------------------------------------------------------------------------------
+
+def run_baseline(params: Params, splits: Path = Path("data/splits"), metrics_path: Path = Path("metrics/baseline.json"),
+                 plots: Path = Path("plots/baseline"), predictions: Path = Path("data/predictions/baseline"),
+                 tables: Path = Path("reports/baseline")) -> dict:
+    bp, seed = params.baseline, params.seed
+    labels = read_labels(splits)
+    train, val, test = (read_split(splits, s) for s in ("train", "val", "test"))
+    methods = list(bp.methods)
+    results: dict[str, Scored] = {}
+    results.update(dummy_baselines(seed, labels, train, test, methods))
+    results.update(tfidf_baselines(bp, seed, labels, train, val, test, methods))
+    if any(m.startswith(("emb_", "encoder_")) for m in methods):
+        results.update(encoder_baselines(bp, seed, labels, train, val, test, methods))
+    if any(m.startswith("llm_") for m in methods):
+        results.update(llm_baselines(bp, seed, labels, train, val, test, methods))
+
+    metrics, rows = {}, []
+    y = test["label"].to_numpy()
+    for name in methods:
+        r = results[name]
+        m = classification_metrics(y, r.pred, r.probs, labels, bootstrap=params.evaluate.bootstrap, seed=seed)
+        metrics[name] = {**m, **r.extra}
+        rows.append(metrics_row(name, m))
+        write_parquet(predictions / f"{name}.parquet", prediction_frame(test, r.probs, r.pred, labels))
+        print(f"baseline {name:17s} accuracy {m['accuracy']:.4f}  macro F1 {m['f1_macro']:.4f}"
+              + (f"  unparsed {m['unparsed']}" if m["unparsed"] else ""))
+    write_json(metrics_path, metrics)
+    table = pd.DataFrame(rows)
+    write_tables(table, csv_path=tables.with_suffix(".csv"), tex_path=tables.with_suffix(".tex"),
+                 caption=f"Baselines on the test split (n={len(test)})")
+    write_json(plots / "accuracy.json", [{"method": r["method"], "accuracy": r["accuracy"]} for r in rows])
+    plot_bars(table, plots / "accuracy.png", title=f"Baselines on the test split (n={len(test)})")
+    if "llm_zeroshot" in metrics:
+        write_json(plots / "zeroshot_selection.json", metrics["llm_zeroshot"]["selection"])
+    return metrics

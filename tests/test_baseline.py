@@ -1,0 +1,107 @@
+"""Zero-shot scoring, calibration, the answer parser, and the baselines' determinism, on tiny real models."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import toy_frame, write_splits
+from peftlab.baseline import dummy_baselines, encoder_baselines, llm_baselines, tfidf_baselines
+from peftlab.params import BaselineParams, build
+from peftlab.predict import calibrate, chat_prompt, label_logprobs, label_token_ids, parse_label
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tiny_models):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_models["decoder"])
+    tok.pad_token = tok.eos_token
+    torch.manual_seed(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["decoder"]).eval()
+    with torch.no_grad():  # sharper next-token distributions than the near-uniform init, so ranks are clear
+        model.lm_head.weight.mul_(40.0)
+    return model, tok
+
+
+def brute_force(model, tok, prompt: str, ids: list[int]) -> float:
+    """log p(ids | prompt) from one unpadded full forward pass, token by token."""
+    seq = tok(prompt, add_special_tokens=False)["input_ids"] + ids
+    with torch.no_grad():
+        lp = torch.log_softmax(model(torch.tensor([seq])).logits[0].float(), -1)
+    start = len(seq) - len(ids)
+    return float(sum(lp[start - 1 + j, t] for j, t in enumerate(ids)))
+
+
+@pytest.mark.parametrize("words", [["positive", "negative"], ["very good", "not fun at all"]])
+def test_scoring_picks_the_label_whose_words_are_more_probable(tiny_lm, words):
+    model, tok = tiny_lm
+    prompts = [chat_prompt(tok, "classify", t, "this review is") for t in
+               ["the film was great", "awful", "a very very dull boring plot , the acting was bad", "fun"]]
+    ids = label_token_ids(tok, words)
+    got = label_logprobs(model, tok, prompts, ids, batch_size=3, progress=False)   # batched, left-padded
+    want = np.array([[brute_force(model, tok, p, i) for i in ids] for p in prompts])
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    assert (got.argmax(1) == want.argmax(1)).all()
+
+
+def test_calibration_moves_a_biased_prior():
+    # the model prefers label 0 by a margin of 1.5 on content-free inputs; real inputs differ around that bias
+    margins = np.array([2.0, 1.0, 0.5, -0.5])
+    lp = np.stack([np.zeros(4), -margins], axis=1)          # log p(label0) - log p(label1) = margin
+    cf = np.array([[0.0, -1.5], [0.0, -1.4], [0.0, -1.6]])
+    assert list(lp.argmax(1)) == [0, 0, 0, 1]
+    cal = calibrate(lp, cf)
+    assert list(cal.argmax(1)) == [0, 1, 1, 1]
+    np.testing.assert_allclose((cal[:, 0] - cal[:, 1]), margins - 1.5)
+
+
+@pytest.mark.parametrize("answer,expected", [("Positive.", 1), (" negative", 0), ("The sentiment is positive", 1),
+                                             ("banana", -1), ("", -1), ("not negative, but positive", 0),
+                                             ("positively", -1)])
+def test_parser(answer, expected):
+    assert parse_label(answer, [" negative", "positive"]) == expected
+
+
+def test_classical_baselines_are_deterministic_by_seed(project, tiny_models):
+    shutil.copytree(tiny_models["encoder"], project / "models" / "base" / "tiny-bert")
+    df = toy_frame(240, seed=3)
+    train, val, test = df.iloc[:160], df.iloc[160:200], df.iloc[200:]
+    bp = build(BaselineParams, {"encoder": "tiny-bert", "c_grid": [1.0, 10.0]}, "baseline")
+    labels = ["negative", "positive"]
+    methods = ["tfidf_logreg", "tfidf_svm", "emb_logreg", "emb_svm_rbf", "emb_mlp", "encoder_zeroshot",
+               "majority", "stratified"]
+    runs = []
+    for _ in range(2):
+        r = {**tfidf_baselines(bp, 7, labels, train, val, test, methods),
+             **encoder_baselines(bp, 7, labels, train, val, test, methods),
+             **dummy_baselines(7, labels, train, test, methods)}
+        runs.append(r)
+    for m in methods:
+        np.testing.assert_array_equal(runs[0][m].pred, runs[1][m].pred)
+        np.testing.assert_allclose(runs[0][m].probs, runs[1][m].probs)
+    assert (runs[0]["majority"].pred == int(train["label"].mode()[0])).all()
+    assert (runs[0]["tfidf_logreg"].pred == test["label"]).mean() > 0.8   # the cue words are learnable
+    other = dummy_baselines(8, labels, train, test, ["stratified"])["stratified"].pred
+    assert (other != runs[0]["stratified"].pred).any()                  # the seed matters
+
+
+def test_llm_baselines_select_on_val_and_count_unparsed(project, tiny_models):
+    shutil.copytree(tiny_models["decoder"], project / "models" / "base" / "tiny-llama")
+    df = toy_frame(120, seed=4)
+    train, val, test = df.iloc[:60], df.iloc[60:90], df.iloc[90:]
+    bp = build(BaselineParams, {"llm": "tiny-llama", "select_rows": 20, "shots": 2, "max_new_tokens": 3,
+                                "prompts": [{"system": "classify as {labels}", "user": "{text}"},
+                                            {"system": None, "user": "review : {text} , {labels} ?"}]},
+               "baseline")
+    out = llm_baselines(bp, 0, ["negative", "positive"], train, val, test, ["llm_zeroshot", "llm_generate"])
+    zs = out["llm_zeroshot"]
+    assert len(zs.extra["selection"]) == 2 * 2 * 2      # prompts x prefills x calibration, all on val
+    assert zs.extra["chosen"]["val_accuracy"] == max(g["val_accuracy"] for g in zs.extra["selection"])
+    np.testing.assert_allclose(zs.probs.sum(1), 1.0)
+    gen = out["llm_generate"]
+    assert len(gen.pred) == len(test) and set(np.unique(gen.pred)) <= {-1, 0, 1}
+    unparsed = gen.pred < 0
+    np.testing.assert_allclose(gen.probs[unparsed], 0.5)
