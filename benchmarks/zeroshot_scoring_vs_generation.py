@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peftlab.baseline import Variant, label_words, render, score_variant, select_rows  # noqa: E402
+from peftlab.baseline import candidate, select_rows  # noqa: E402
 from peftlab.data import read_labels, read_split  # noqa: E402
 from peftlab.models import load_causal_lm  # noqa: E402
 from peftlab.params import load_params  # noqa: E402
-from peftlab.predict import calibrate, generate_answers, parse_label  # noqa: E402
+from peftlab.predict import calibrate, generate_answers, parse_label, score_labels  # noqa: E402
 
 
 def main() -> None:
@@ -49,19 +49,20 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     model, tok = load_causal_lm(Path("models/base") / bp.llm, device)
     tok.padding_side = "left"
-    variant = Variant(chosen["prompt"], chosen["prefill"])
+    spec = candidate(bp, chosen["prompt"], chosen["prefill"])
     max_new = args.max_new_tokens or bp.max_new_tokens
-    words = [w[0] for w in label_words(bp, labels)]
+    words = [w[0] for w in spec.words(labels)]
 
     def scoring(bs: int):
-        bp.batch_size = bs
-        s = score_variant(model, tok, bp, variant, texts, labels, [], device)
+        s = score_labels(model, tok, spec, texts, labels, batch_size=bs, device=device, progress=False)
         if chosen["calibration"]:
-            s = calibrate(s, score_variant(model, tok, bp, variant, list(bp.content_free), labels, [], device))
+            cf = score_labels(model, tok, spec, list(bp.content_free), labels, batch_size=bs, device=device,
+                              progress=False)
+            s = calibrate(s, cf)
         return s.argmax(1)
 
     def generation(bs: int):
-        prompts = render(bp, variant, tok, texts, labels, [], prefill=variant.prefill if bp.generate_prefill else "")
+        prompts = spec.render(tok, texts, labels, prefill=spec.prefill if bp.generate_prefill else "")
         answers = generate_answers(model, tok, prompts, max_new, bs, device, progress=False)
         return np.array([parse_label(a, words) for a in answers])
 
@@ -73,7 +74,7 @@ def main() -> None:
             sec = time.perf_counter() - start
             rows.append({"mode": mode, "batch": bs, "seconds": sec, "ms_per_review": 1000 * sec / len(texts),
                          "accuracy": float(np.mean(pred == y)), "unparsed": int(np.sum(pred < 0))})
-    print(f"\n{bp.llm} on {len(texts)} test reviews, prompt {variant.prompt}, prefill {variant.prefill!r}, "
+    print(f"\n{bp.llm} on {len(texts)} test reviews, prompt {chosen['prompt']}, prefill {spec.prefill!r}, "
           f"calibration {chosen['calibration']}, max_new_tokens {max_new}, {torch.get_num_threads()} threads")
     print(f"{'mode':<11}{'batch':>6}{'seconds':>10}{'ms/review':>11}{'accuracy':>10}{'unparsed':>10}")
     for r in rows:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.special import logsumexp
 
 from peftlab.data import read_labels, read_split
 from peftlab.evaluate import prediction_frame
@@ -20,8 +19,8 @@ from peftlab.io import write_json, write_parquet
 from peftlab.metrics import accuracy, classification_metrics
 from peftlab.models import choose_device, load_causal_lm, load_encoder
 from peftlab.params import BaselineParams, Params
-from peftlab.predict import (calibrate, chat_prompt, generate_answers, label_logprobs, label_token_ids,
-                             mean_pooled_embeddings, parse_label, softmax_rows)
+from peftlab.predict import (PromptSpec, calibrate, generate_answers, mean_pooled_embeddings, parse_label,
+                             score_labels, softmax_rows)
 from peftlab.report import metrics_row, plot_bars, write_tables
 
 
@@ -35,55 +34,10 @@ class Scored:
 
 # --- zero-shot decoder -----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Variant:
-    prompt: int
-    prefill: str
-
-
-def label_words(bp: BaselineParams, labels: list[str]) -> list[list[str]]:
-    words = bp.label_words or {}
-    out = []
-    for l in labels:
-        w = words.get(l, l)
-        out.append([w] if isinstance(w, str) else list(w))
-    return out
-
-
-def surface_forms(words: list[list[str]], prefill: str) -> tuple[list[str], list[int]]:
-    """The strings scored for each label: after a prefill they follow a space; at the start of the answer
-    the model may capitalise, so both forms count (their probabilities are summed per label)."""
-    forms, owner = [], []
-    for i, ws in enumerate(words):
-        for w in ws:
-            w = w.strip()
-            variants = [" " + w] if prefill.strip() else sorted({w, w.capitalize()})
-            forms += variants
-            owner += [i] * len(variants)
-    return forms, owner
-
-
-def render(bp: BaselineParams, variant: Variant, tok, texts: list[str], labels: list[str],
-           demos: list[tuple[str, int]], prefill: str | None = None) -> list[str]:
-    spec = bp.prompts[variant.prompt]
-    joined = " or ".join(labels)
-    system = spec.get("system")
-    system = system.format(labels=joined) if system else None
-    prefill = variant.prefill if prefill is None else prefill
-    words = label_words(bp, labels)
-    shots = [(spec["user"].format(text=t, labels=joined), f"{prefill} {words[y][0]}".strip() + ".")
-             for t, y in demos]
-    return [chat_prompt(tok, system, spec["user"].format(text=t, labels=joined), prefill, shots) for t in texts]
-
-
-def score_variant(model, tok, bp: BaselineParams, variant: Variant, texts: list[str], labels: list[str],
-                  demos: list[tuple[str, int]], device) -> np.ndarray:
-    """(n, k) label log-scores: log-probabilities of each label's surface forms, summed in probability."""
-    forms, owner = surface_forms(label_words(bp, labels), variant.prefill)
-    lp = label_logprobs(model, tok, render(bp, variant, tok, texts, labels, demos),
-                        label_token_ids(tok, forms), bp.batch_size, device)
-    owner = np.asarray(owner)
-    return np.stack([logsumexp(lp[:, owner == i], axis=1) for i in range(len(labels))], axis=1)
+def candidate(bp: BaselineParams, prompt: int, prefill: str) -> PromptSpec:
+    """One zero-shot candidate: prompt template `prompt` of baseline.prompts with answer prefix `prefill`."""
+    spec = bp.prompts[prompt]
+    return PromptSpec(spec.get("system"), spec["user"], prefill, bp.label_words)
 
 
 def draw_demos(train: pd.DataFrame, shots: int, seed: int) -> list[tuple[str, int]]:
@@ -109,38 +63,38 @@ def llm_baselines(bp: BaselineParams, seed: int, labels: list[str], train: pd.Da
     demos = draw_demos(train, bp.shots, seed)
     sel = select_rows(val, bp.select_rows, seed)
     cf_texts = list(bp.content_free)
+    def score(spec: PromptSpec, texts: list[str]) -> np.ndarray:
+        return score_labels(model, tok, spec, texts, labels, demos, bp.batch_size, device)
+
     grid = []
-    for variant in (Variant(i, p) for i in range(len(bp.prompts)) for p in bp.prefills):
-        raw = score_variant(model, tok, bp, variant, sel["text"].tolist(), labels, demos, device)
-        cf = score_variant(model, tok, bp, variant, cf_texts, labels, demos, device)
+    for i, prefill in itertools.product(range(len(bp.prompts)), bp.prefills):
+        spec = candidate(bp, i, prefill)
+        raw, cf = score(spec, sel["text"].tolist()), score(spec, cf_texts)
         for cal in bp.calibration:
             scores = calibrate(raw, cf) if cal else raw
-            grid.append({"prompt": variant.prompt, "prefill": variant.prefill, "calibration": bool(cal),
-                         "val_accuracy": accuracy(sel["label"], scores.argmax(1)), "_variant": variant})
-    best = max(grid, key=lambda g: g["val_accuracy"])   # first wins ties: the order of the params
-    variant = best.pop("_variant")
-    for g in grid:
-        g.pop("_variant", None)
-    chosen = {k: best[k] for k in ("prompt", "prefill", "calibration", "val_accuracy")}
+            grid.append({"prompt": i, "prefill": prefill, "calibration": bool(cal),
+                         "val_accuracy": accuracy(sel["label"], scores.argmax(1))})
+    chosen = max(grid, key=lambda g: g["val_accuracy"])   # first wins ties: the order of the params
+    spec = candidate(bp, chosen["prompt"], chosen["prefill"])
     print(f"zero-shot selection on {len(sel)} val rows: best {chosen}")
     out: dict[str, Scored] = {}
     texts = test["text"].tolist()
     if "llm_zeroshot" in methods:
-        scores = score_variant(model, tok, bp, variant, texts, labels, demos, device)
-        if best["calibration"]:
-            scores = calibrate(scores, score_variant(model, tok, bp, variant, cf_texts, labels, demos, device))
+        scores = score(spec, texts)
+        if chosen["calibration"]:
+            scores = calibrate(scores, score(spec, cf_texts))
         out["llm_zeroshot"] = Scored(scores.argmax(1), softmax_rows(scores),
                                      {"chosen": chosen, "selection": grid, "shots": bp.shots})
     if "llm_generate" in methods:
-        prefill = variant.prefill if bp.generate_prefill else ""
-        prompts = render(bp, variant, tok, texts, labels, demos, prefill=prefill)
+        prefill = spec.prefill if bp.generate_prefill else ""
+        prompts = spec.render(tok, texts, labels, demos, prefill=prefill)
         answers = generate_answers(model, tok, prompts, bp.max_new_tokens, bp.batch_size, device)
-        words = [ws[0] for ws in label_words(bp, labels)]
+        words = [ws[0] for ws in spec.words(labels)]
         pred = np.array([parse_label(a, words) for a in answers])
         probs = np.zeros((len(pred), len(labels)))
         probs[pred >= 0, pred[pred >= 0]] = 1.0
         probs[pred < 0] = 1.0 / len(labels)
-        out["llm_generate"] = Scored(pred, probs, {"prompt": variant.prompt, "prefill": prefill,
+        out["llm_generate"] = Scored(pred, probs, {"prompt": chosen["prompt"], "prefill": prefill,
                                                    "max_new_tokens": bp.max_new_tokens,
                                                    "examples": answers[:5]})
     return out

@@ -12,7 +12,7 @@ from peftlab.io import write_json, write_parquet
 from peftlab.metrics import classification_metrics, curves
 from peftlab.models import choose_device, load_trained
 from peftlab.params import Params
-from peftlab.predict import classifier_probs
+from peftlab.predict import predict_probs
 from peftlab.report import metrics_row, plot_confusion, plot_curve, write_tables
 
 
@@ -66,7 +66,7 @@ def run_evaluate(params: Params, paths: EvalPaths, name: str = "main") -> dict:
     device = choose_device(params.model.device)
     model, tok, setup = load_trained(paths.adapter, device, merge=params.evaluate.merge_lora)
     test = read_split(paths.splits, "test")
-    probs = classifier_probs(model, tok, test["text"].tolist(), setup.max_length, params.evaluate.batch_size, device)
+    probs = predict_probs(model, tok, setup, test["text"].tolist(), params.evaluate.batch_size, device)
     pred = probs.argmax(axis=1)
     m = classification_metrics(test["label"].to_numpy(), pred, probs, setup.labels,
                                bootstrap=params.evaluate.bootstrap, seed=params.seed)

@@ -107,11 +107,21 @@ class ModelSetup:
                    extra={k: v for k, v in d.items() if k not in known})
 
 
+HEADS = {"encoder": ("classifier",), "decoder": ("classifier", "generative"), "seq2seq": ("seq2seq",)}
+
+
+def check_head(family: str, head: str) -> None:
+    if head not in HEADS.get(family, ()):
+        raise PeftlabError(f"model.head = {head!r} is not available for the {family} family; "
+                           f"allowed: {', '.join(HEADS.get(family, ()))}")
+
+
 def load_base(setup: ModelSetup, device: torch.device):
     """The base model with the head the run needs (a fresh, seeded classification head for `classifier`)."""
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
 
     check_remote_code(setup.info, setup.trust_remote_code)
+    check_head(setup.family, setup.head)
     kwargs: dict[str, Any] = {"trust_remote_code": setup.trust_remote_code, "use_safetensors": True}
     qc = quantization_config(setup.quantization, device)
     if qc is not None:
@@ -125,8 +135,8 @@ def load_base(setup: ModelSetup, device: torch.device):
             tok = load_tokenizer(setup.base_dir, setup.family, setup.trust_remote_code)
             model.config.pad_token_id = tok.pad_token_id
         return model
-    raise PeftlabError(f"model.head = {setup.head!r} is not available for the {setup.family} family; "
-                       f"allowed: classifier")
+    auto = AutoModelForCausalLM if setup.head == "generative" else AutoModelForSeq2SeqLM
+    return auto.from_pretrained(setup.base_dir, dtype=torch.float32, **kwargs)
 
 
 def lora_config(setup: ModelSetup, r: int, alpha: float, dropout: float, target_modules: list[str] | None):
@@ -135,9 +145,13 @@ def lora_config(setup: ModelSetup, r: int, alpha: float, dropout: float, target_
     targets = target_modules or setup.info.get("target_modules")
     if not targets:
         raise PeftlabError(f"no LoRA target modules for {setup.info['name']!r}; set lora.target_modules")
-    head_module = CLASSIFIER_HEADS.get(setup.family)
-    return LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
-                      target_modules=list(targets), modules_to_save=[head_module] if head_module else None)
+    if setup.head == "classifier":
+        # The new classification head is trained in full and saved with the adapter.
+        head_module = setup.info.get("classifier_module") or CLASSIFIER_HEADS.get(setup.family)
+        return LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
+                          target_modules=list(targets), modules_to_save=[head_module] if head_module else None)
+    task = TaskType.CAUSAL_LM if setup.head == "generative" else TaskType.SEQ_2_SEQ_LM
+    return LoraConfig(task_type=task, r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets))
 
 
 def check_targets(model, targets: list[str]) -> None:
@@ -163,7 +177,9 @@ def load_trained(adapter_dir: str | Path, device: torch.device, merge: bool = Tr
     model = PeftModel.from_pretrained(base, adapter_dir)
     if merge and setup.quantization == "none":
         model = model.merge_and_unload()
-    model.to(device).eval()
+    if setup.quantization == "none":
+        model.to(device)
+    model.eval()
     return model, tok, setup
 
 

@@ -100,6 +100,27 @@ class TrainParams:
     logging_steps: int = _meta(10, lo=1)
     group_by_length: bool = True
     report_to: list[str] = _meta(factory=lambda: ["dvclive"])
+    early_stopping_patience: Optional[int] = _meta(lo=1, doc="evaluations without improvement before stopping")
+    metric_for_best: Literal["accuracy", "f1_macro", "loss"] = "accuracy"
+    gradient_checkpointing: bool = False
+    optim: Literal["adamw_torch", "paged_adamw_8bit", "adamw_8bit"] = _meta("adamw_torch",
+                                                                          doc="8-bit optimizers need CUDA")
+
+
+@dataclass
+class PromptParams:
+    """How a text becomes a prompt and a label its answer, for the generative and seq2seq heads.
+
+    The defaults match the zero-shot baseline's first candidate with its prefill, so fine-tuned and zero-shot
+    numbers come from the same scoring of the same prompt."""
+    system: Optional[str] = "Classify the sentiment of the movie review as {labels}."
+    user: str = "{text}"
+    prefill: str = _meta("This review is", doc="decoders: the answer starts with this")
+    label_words: Optional[dict] = _meta(doc="label -> word(s); null: the label names")
+
+    def check(self) -> None:
+        if "{text}" not in self.user:
+            raise PeftlabError(f"params.yaml: prompt.user = {self.user!r} is invalid; allowed: a text with {{text}}")
 
 
 @dataclass
@@ -160,6 +181,8 @@ class Params:
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     baseline: BaselineParams = field(default_factory=BaselineParams)
+    prompt: PromptParams = field(default_factory=PromptParams)
+    sweep: dict = field(default_factory=dict)
 
 
 # --- validation -----------------------------------------------------------------------------------------
@@ -302,3 +325,26 @@ def load_params(sections: list[str], path: str | Path = PARAMS_FILE) -> Params:
             if spec is not None and not isinstance(spec, dict):
                 raise _bad(f"models.{key}", spec, "a mapping of catalog overrides ({} for the catalog entry)")
     return params
+
+
+SWEEP_SECTIONS = ("model", "lora", "train", "prompt")
+
+
+def apply_sweep(params: Params, run: str) -> Params:
+    """The params of sweep run `run`: its `sweep.<run>` overrides on top of the shared sections."""
+    if run == "main":
+        return params
+    if run not in params.sweep:
+        raise PeftlabError(f"sweep run {run!r} is not under sweep: in params.yaml "
+                           f"({', '.join(params.sweep) or 'none'})")
+    overrides = params.sweep[run] or {}
+    if not isinstance(overrides, dict):
+        raise _bad(f"sweep.{run}", overrides, "a mapping of section overrides (model, lora, train, prompt)")
+    unknown = sorted(set(overrides) - set(SWEEP_SECTIONS))
+    if unknown:
+        raise PeftlabError(f"params.yaml: unknown key sweep.{run}.{unknown[0]}; allowed: {', '.join(SWEEP_SECTIONS)}")
+    changes = {}
+    for section, values in overrides.items():
+        base = dataclasses.asdict(getattr(params, section))
+        changes[section] = build(type(getattr(params, section)), {**base, **(values or {})}, f"sweep.{run}.{section}")
+    return dataclasses.replace(params, **changes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -128,6 +129,106 @@ def softmax_rows(scores: np.ndarray) -> np.ndarray:
     return softmax(np.asarray(scores, dtype=np.float64), axis=1)
 
 
+@dataclass
+class PromptSpec:
+    """How a text becomes a prompt and each label an answer: one definition for zero-shot scoring,
+    generative fine-tuning and its evaluation, so their numbers compare point for point."""
+    system: str | None
+    user: str
+    prefill: str = ""
+    label_words: dict | None = None   # label -> word or list of words; null: the label name
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PromptSpec":
+        return cls(d.get("system"), d["user"], d.get("prefill") or "", d.get("label_words"))
+
+    def words(self, labels: Sequence[str]) -> list[list[str]]:
+        words = self.label_words or {}
+        return [[words.get(l, l)] if isinstance(words.get(l, l), str) else list(words[l]) for l in labels]
+
+    def surface_forms(self, labels: Sequence[str], prefill: str | None = None) -> tuple[list[str], list[int]]:
+        """The strings scored per label: after a prefill they follow a space; at the start of the answer the
+        model may capitalise, so both forms count (their probabilities are summed per label)."""
+        prefill = self.prefill if prefill is None else prefill
+        forms, owner = [], []
+        for i, ws in enumerate(self.words(labels)):
+            for w in ws:
+                w = w.strip()
+                variants = [" " + w] if prefill.strip() else sorted({w, w.capitalize()})
+                forms += variants
+                owner += [i] * len(variants)
+        return forms, owner
+
+    def answer(self, labels: Sequence[str], label: int) -> str:
+        """The assistant's answer for `label` as it follows the prefill (the first surface form)."""
+        forms, owner = self.surface_forms(labels)
+        return forms[owner.index(label)]
+
+    def render(self, tok, texts: Sequence[str], labels: Sequence[str], demos: Sequence[tuple[str, int]] = (),
+               prefill: str | None = None, max_text_tokens: int | None = None) -> list[str]:
+        joined = " or ".join(labels)
+        system = self.system.format(labels=joined) if self.system else None
+        prefill = self.prefill if prefill is None else prefill
+        shots = [(self.user.format(text=t, labels=joined), (prefill + self.answer(labels, y)).strip() + ".")
+                 for t, y in demos]
+        if max_text_tokens:
+            texts = [tok.decode(tok(t, add_special_tokens=False)["input_ids"][:max_text_tokens]) for t in texts]
+        return [chat_prompt(tok, system, self.user.format(text=t, labels=joined), prefill, shots) for t in texts]
+
+
+def score_labels(model, tok, spec: PromptSpec, texts: Sequence[str], labels: Sequence[str],
+                 demos: Sequence[tuple[str, int]] = (), batch_size: int = 32, device: torch.device | None = None,
+                 progress: bool = True, max_text_tokens: int | None = None) -> np.ndarray:
+    """(n, k) label log-scores of a decoder: each label's surface forms after the prompt, summed in probability."""
+    from scipy.special import logsumexp
+
+    forms, owner = spec.surface_forms(labels)
+    prompts = spec.render(tok, texts, labels, demos, max_text_tokens=max_text_tokens)
+    lp = label_logprobs(model, tok, prompts, label_token_ids(tok, forms), batch_size, device, progress)
+    owner = np.asarray(owner)
+    return np.stack([logsumexp(lp[:, owner == i], axis=1) for i in range(len(labels))], axis=1)
+
+
+def seq2seq_scores(model, tok, spec: PromptSpec, texts: Sequence[str], labels: Sequence[str], max_length: int,
+                   batch_size: int = 32, device: torch.device | None = None, progress: bool = True) -> np.ndarray:
+    """(n, k) label log-scores of an encoder-decoder: log p(label word + eos | input), the encoder run once
+    per batch and reused for every label."""
+    from scipy.special import logsumexp
+
+    device = device or next(model.parameters()).device
+    inputs = spec.render(tok, texts, labels, prefill="")
+    enc = tok(inputs, truncation=True, max_length=max_length)
+    forms, owner = spec.surface_forms(labels, prefill="")
+    form_ids = [tok(f)["input_ids"] for f in forms]
+    out = np.zeros((len(inputs), len(forms)))
+    batches = list(length_sorted_batches([len(x) for x in enc["input_ids"]], batch_size))
+    with torch.inference_mode():
+        for idx in tqdm(batches, desc="seq2seq scoring", unit="batch", disable=not progress):
+            batch = tok.pad([{k: enc[k][i] for k in enc.keys()} for i in idx], return_tensors="pt").to(device)
+            encoded = model.get_encoder()(**batch)
+            for j, ids in enumerate(form_ids):
+                target = torch.tensor([ids] * len(idx), device=device)
+                logits = model(encoder_outputs=encoded, attention_mask=batch["attention_mask"], labels=target).logits
+                lp = torch.log_softmax(logits.float(), -1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+                out[idx, j] = lp.sum(-1).cpu().numpy()
+    owner = np.asarray(owner)
+    return np.stack([logsumexp(out[:, owner == i], axis=1) for i in range(len(labels))], axis=1)
+
+
+def predict_probs(model, tok, setup, texts: Sequence[str], batch_size: int = 64, device: torch.device | None = None,
+                  progress: bool = True) -> np.ndarray:
+    """Class probabilities (n, k) from a trained model of any head: the one inference path of the project."""
+    if setup.head == "classifier":
+        return classifier_probs(model, tok, texts, setup.max_length, batch_size, device, progress)
+    spec = PromptSpec.from_dict(setup.extra["prompt"])
+    if setup.head == "generative":
+        scores = score_labels(model, tok, spec, texts, setup.labels, batch_size=batch_size, device=device,
+                              progress=progress, max_text_tokens=setup.max_length)
+    else:
+        scores = seq2seq_scores(model, tok, spec, texts, setup.labels, setup.max_length, batch_size, device, progress)
+    return softmax_rows(scores)
+
+
 def generate_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 10, batch_size: int = 32,
                      device: torch.device | None = None, progress: bool = True) -> list[str]:
     """Greedy free generation, batched and left-padded; returns only the new text of each answer."""
@@ -186,7 +287,7 @@ def main() -> None:
 
     device = choose_device(args.device)
     model, tok, setup = load_trained(args.adapter, device)
-    probs = classifier_probs(model, tok, args.texts, setup.max_length, device=device, progress=False)
+    probs = predict_probs(model, tok, setup, args.texts, device=device, progress=False)
     for text, p in zip(args.texts, probs):
         i = int(np.argmax(p))
         print(f"{setup.labels[i]}\t{p[i]:.3f}\t{text}")

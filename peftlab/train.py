@@ -1,9 +1,12 @@
-"""LoRA fine-tuning through the transformers Trainer, with dvclive curves and crash-safe checkpoints.
+"""LoRA/QLoRA fine-tuning through the transformers Trainer, with dvclive curves and crash-safe checkpoints.
+
+Heads: `classifier` (sequence classification, head trained in full), `generative` (chat-format supervised
+fine-tuning of a decoder, loss on the answer tokens only) and `seq2seq` (text-to-text with label words).
 
 Checkpoints live in checkpoints/<run>/ (a persistent DVC out) next to a fingerprint of everything that
 determines the run; a rerun with the same fingerprint resumes from the latest checkpoint, a different one
-starts clean. On success the checkpoints are removed (the fingerprint stays, marking the run complete): only the adapter
-is the product.
+starts clean. On success the checkpoints are removed (the fingerprint stays, marking the run complete): only
+the adapter is the product. Under `accelerate launch` every process trains, the main one writes.
 """
 from __future__ import annotations
 
@@ -21,9 +24,10 @@ from peftlab.data import read_labels, read_split
 from peftlab.errors import PeftlabError
 from peftlab.io import atomic_path, read_json, sha256_file, stable_hash, write_json
 from peftlab.metrics import accuracy, f1_macro
-from peftlab.models import (ModelSetup, base_info, check_targets, choose_device, load_base, load_tokenizer,
-                            lora_config)
+from peftlab.models import (ModelSetup, base_info, check_head, check_targets, choose_device, load_base,
+                            load_tokenizer, lora_config)
 from peftlab.params import Params
+from peftlab.predict import PromptSpec, predict_probs
 
 TRACKERS = ("dvclive", "tensorboard", "mlflow", "wandb", "none")
 
@@ -48,22 +52,66 @@ def model_setup(params: Params, labels: list[str]) -> ModelSetup:
     base_dir = Path("models/base") / params.model.name
     info = base_info(base_dir)
     head = params.model.head or info.get("head") or "classifier"
+    check_head(info["family"], head)
+    extra = {} if head == "classifier" else {"prompt": dataclasses.asdict(params.prompt)}
     return ModelSetup(base_dir=str(base_dir), info=info, head=head, labels=labels,
                       max_length=params.model.max_length, quantization=params.model.quantization,
-                      trust_remote_code=params.model.trust_remote_code)
+                      trust_remote_code=params.model.trust_remote_code, extra=extra)
 
 
-def tokenize_frame(df: pd.DataFrame, tokenizer, max_length: int):
-    """A datasets.Dataset of input_ids/attention_mask/label, unpadded (the collator pads per batch)."""
+# --- features --------------------------------------------------------------------------------------------
+
+def _answer_text(spec: PromptSpec, labels: list[str], label: int, rationale) -> str:
+    answer = spec.answer(labels, label)
+    if isinstance(rationale, str) and rationale.strip():
+        answer += ". " + rationale.strip()
+    return answer
+
+
+def features(df: pd.DataFrame, tok, setup: ModelSetup):
+    """A datasets.Dataset the Trainer can batch: unpadded token ids (the collator pads per batch).
+
+    classifier: text -> ids + label. generative: chat prompt + answer, with labels -100 on the prompt so the
+    loss covers the answer only. seq2seq: prompt -> encoder ids, answer + eos -> decoder labels.
+    """
     import datasets
 
-    ds = datasets.Dataset.from_pandas(df[["text", "label"]].reset_index(drop=True), preserve_index=False)
-    return ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=max_length), batched=True,
-                  remove_columns=["text"], desc="tokenizing")
+    if setup.head == "classifier":
+        ds = datasets.Dataset.from_pandas(df[["text", "label"]].reset_index(drop=True), preserve_index=False)
+        return ds.map(lambda b: tok(b["text"], truncation=True, max_length=setup.max_length), batched=True,
+                      remove_columns=["text"], desc="tokenizing")
+    spec = PromptSpec.from_dict(setup.extra["prompt"])
+    rationale = df["rationale"] if "rationale" in df.columns else pd.Series([None] * len(df), index=df.index)
+    answers = [_answer_text(spec, setup.labels, int(y), r) for y, r in zip(df["label"], rationale)]
+    rows = []
+    if setup.head == "generative":
+        prompts = spec.render(tok, df["text"].tolist(), setup.labels, max_text_tokens=setup.max_length)
+        for prompt, answer in zip(prompts, answers):
+            p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+            a_ids = tok(answer + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
+            rows.append({"input_ids": p_ids + a_ids, "attention_mask": [1] * (len(p_ids) + len(a_ids)),
+                         "labels": [-100] * len(p_ids) + a_ids})
+    else:
+        prompts = spec.render(tok, df["text"].tolist(), setup.labels, prefill="")
+        enc = tok(prompts, truncation=True, max_length=setup.max_length)
+        targets = tok([a.strip() for a in answers])["input_ids"]
+        rows = [{"input_ids": i, "attention_mask": m, "labels": t}
+                for i, m, t in zip(enc["input_ids"], enc["attention_mask"], targets)]
+    return datasets.Dataset.from_list(rows)
 
+
+def collator(setup: ModelSetup, tok):
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+    if setup.head == "classifier":
+        return DataCollatorWithPadding(tok)
+    return DataCollatorForSeq2Seq(tok, label_pad_token_id=-100, padding=True)
+
+
+# --- checkpoints and trackers ----------------------------------------------------------------------------
 
 def _fingerprint(params: Params, paths: RunPaths) -> str:
-    parts = {k: dataclasses.asdict(getattr(params, k)) for k in ("model", "lora", "train")}
+    parts = {k: dataclasses.asdict(getattr(params, k)) for k in ("model", "lora", "train", "prompt")}
     parts["seed"] = params.seed
     parts["data"] = sha256_file(paths.splits / "train.parquet")
     return stable_hash(json.dumps(parts, sort_keys=True))
@@ -85,94 +133,133 @@ def _prepare_checkpoints(paths: RunPaths, fingerprint: str) -> str | None:
     return None
 
 
-def _callbacks(params: Params, paths: RunPaths, resume: bool) -> tuple[list, list[str]]:
-    """dvclive into dvclive/<run>/ (a declared out), and any other trackers the Trainer supports."""
+def _callbacks(params: Params, paths: RunPaths, resume: bool, main_process: bool) -> tuple[list, list[str]]:
+    """dvclive into dvclive/<run>/ (a declared out), early stopping, and any other trackers the Trainer
+    supports (tensorboard, mlflow, wandb; installed by the user)."""
+    from transformers import EarlyStoppingCallback
+
     report_to = list(params.train.report_to)
     bad = [t for t in report_to if t not in TRACKERS]
     if bad:
-        raise PeftlabError(f"train.report_to has {bad[0]!r}; allowed: {', '.join(TRACKERS)}")
+        raise PeftlabError(f"params.yaml: train.report_to has {bad[0]!r}; allowed: {', '.join(TRACKERS)}")
     callbacks = []
-    if "dvclive" in report_to:
+    if "dvclive" in report_to and main_process:
         from dvclive import Live
         from transformers.integrations import DVCLiveCallback
 
         live = Live(dir=str(paths.live), resume=resume, save_dvc_exp=False, dvcyaml=None)
         callbacks.append(DVCLiveCallback(live=live))
-    else:
+    elif main_process:
         paths.live.mkdir(parents=True, exist_ok=True)
+    if params.train.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=params.train.early_stopping_patience))
     others = [t for t in report_to if t not in ("dvclive", "none")]
     return callbacks, others or ["none"]
 
 
+def _check_optim(optim: str, device: torch.device) -> None:
+    if optim != "adamw_torch" and device.type != "cuda":
+        raise PeftlabError(f"params.yaml: train.optim = {optim!r} needs a CUDA GPU (bitsandbytes 8-bit optimizer "
+                           f"states); allowed here: adamw_torch")
+
+
+# --- the stage -------------------------------------------------------------------------------------------
+
 def run_train(params: Params, paths: RunPaths) -> dict:
     """train stage: LoRA-tune the base model on the train split; save the adapter and a summary."""
+    from accelerate import PartialState
     from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+    from transformers import Trainer, TrainingArguments, set_seed
 
+    state = PartialState()
     set_seed(params.seed)
     device = choose_device(params.model.device)
+    tp = params.train
+    _check_optim(tp.optim, device)
     labels = read_labels(paths.splits)
     setup = model_setup(params, labels)
     tok = load_tokenizer(setup.base_dir, setup.family, setup.trust_remote_code)
     train_df, val_df = read_split(paths.splits, "train"), read_split(paths.splits, "val")
-    if params.train.max_train_samples and len(train_df) > params.train.max_train_samples:
-        train_df = train_df.sample(n=params.train.max_train_samples, random_state=params.seed)
-    train_ds = tokenize_frame(train_df, tok, setup.max_length)
-    val_ds = tokenize_frame(val_df, tok, setup.max_length)
+    if tp.max_train_samples and len(train_df) > tp.max_train_samples:
+        train_df = train_df.sample(n=tp.max_train_samples, random_state=params.seed)
+    train_ds, val_ds = features(train_df, tok, setup), features(val_df, tok, setup)
 
     model = load_base(setup, device)
     if setup.quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=tp.gradient_checkpointing)
+    elif tp.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
     cfg = lora_config(setup, params.lora.r, params.lora.alpha, params.lora.dropout, params.lora.target_modules)
     check_targets(model, list(cfg.target_modules))
     model = get_peft_model(model, cfg)
     trainable, total = model.get_nb_trainable_parameters()
 
-    resume_from = _prepare_checkpoints(paths, _fingerprint(params, paths))
-    callbacks, report_to = _callbacks(params, paths, resume=resume_from is not None)
-    tp = params.train
+    with state.main_process_first():  # the main process clears or keeps checkpoints; the others then agree
+        resume_from = _prepare_checkpoints(paths, _fingerprint(params, paths))
+    callbacks, report_to = _callbacks(params, paths, resume_from is not None, state.is_main_process)
     k = len(labels)
+    classifier = setup.head == "classifier"
 
     def compute_metrics(pred) -> dict:
         yhat = np.argmax(pred.predictions, axis=-1)
         return {"accuracy": accuracy(pred.label_ids, yhat), "f1_macro": f1_macro(pred.label_ids, yhat, k)}
 
+    # Generative and seq2seq runs validate by loss during training (gathering full-vocabulary logits for every
+    # position would cost more than the training step); accuracy comes from label scoring at the end.
+    best_metric = tp.metric_for_best if classifier else "loss"
+    eval_strategy = "steps" if tp.eval_steps else "epoch"
+    early = bool(tp.early_stopping_patience)
+    # Early stopping keeps the best checkpoint, so checkpoints follow the evaluations; otherwise they follow
+    # save_steps, the crash-resume interval.
     args = TrainingArguments(
         output_dir=str(paths.checkpoints),
         num_train_epochs=tp.epochs, max_steps=tp.max_steps, learning_rate=tp.lr,
-        per_device_train_batch_size=tp.batch_size, per_device_eval_batch_size=max(tp.batch_size, 64),
+        per_device_train_batch_size=tp.batch_size, per_device_eval_batch_size=64 if classifier else tp.batch_size,
         gradient_accumulation_steps=tp.grad_accum, weight_decay=tp.weight_decay, warmup_steps=tp.warmup_ratio,
-        eval_strategy="steps" if tp.eval_steps else "epoch", eval_steps=tp.eval_steps,
-        save_strategy="steps", save_steps=tp.save_steps, save_total_limit=1,
+        eval_strategy=eval_strategy, eval_steps=tp.eval_steps,
+        save_strategy=eval_strategy if early else "steps", save_steps=tp.eval_steps if early else tp.save_steps,
+        save_total_limit=2 if early else 1,
+        load_best_model_at_end=early, metric_for_best_model=best_metric,
+        greater_is_better=best_metric != "loss",
         logging_steps=tp.logging_steps, report_to=report_to, seed=params.seed, data_seed=params.seed,
         train_sampling_strategy="group_by_length" if tp.group_by_length else "random",
-        use_cpu=device.type == "cpu", dataloader_num_workers=0, disable_tqdm=False,
+        use_cpu=device.type == "cpu", dataloader_num_workers=0, disable_tqdm=False, optim=tp.optim,
+        prediction_loss_only=not classifier, ddp_find_unused_parameters=False,
     )
     trainer = Trainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
-                      data_collator=DataCollatorWithPadding(tok), compute_metrics=compute_metrics,
+                      data_collator=collator(setup, tok), compute_metrics=compute_metrics if classifier else None,
                       callbacks=callbacks)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
     val = trainer.evaluate()
+    if not state.is_main_process:
+        return {}
 
+    summary = {
+        "head": setup.head, "trainable_params": int(trainable), "total_params": int(total),
+        "trainable_pct": 100.0 * trainable / total,
+        "train_rows": int(len(train_df)), "epochs": float(trainer.state.epoch or 0.0),
+        "steps": int(result.global_step), "train_loss": float(result.training_loss),
+        "val_loss": float(val["eval_loss"]),
+        "train_seconds": seconds, "train_samples_per_s": float(result.metrics["train_samples_per_second"]),
+        "resumed": resume_from is not None, "device": device.type, "threads": torch.get_num_threads(),
+        "processes": state.num_processes,
+    }
+    model = trainer.model.eval()
+    if classifier:
+        summary.update(val_accuracy=float(val["eval_accuracy"]), val_f1_macro=float(val["eval_f1_macro"]))
+    else:
+        probs = predict_probs(model, tok, setup, val_df["text"].tolist(), batch_size=tp.batch_size, device=device)
+        summary.update(val_accuracy=accuracy(val_df["label"], probs.argmax(1)),
+                       val_f1_macro=f1_macro(val_df["label"], probs.argmax(1), k))
     with atomic_path(paths.adapter, is_dir=True) as tmp:
-        trainer.model.save_pretrained(tmp)
+        model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         write_json(tmp / "peftlab.json", setup.to_json())
     for ckpt in paths.checkpoints.glob("checkpoint-*"):
         shutil.rmtree(ckpt)
-
-    summary = {
-        "trainable_params": int(trainable), "total_params": int(total),
-        "trainable_pct": 100.0 * trainable / total,
-        "train_rows": int(len(train_df)), "epochs": float(trainer.state.epoch or 0.0),
-        "steps": int(result.global_step),
-        "train_loss": float(result.training_loss),
-        "val_accuracy": float(val["eval_accuracy"]), "val_f1_macro": float(val["eval_f1_macro"]),
-        "train_seconds": seconds, "train_samples_per_s": float(result.metrics["train_samples_per_second"]),
-        "resumed": resume_from is not None, "device": device.type, "threads": torch.get_num_threads(),
-    }
     write_json(paths.metrics, summary)
     print(f"trained {params.model.name} ({setup.head}): val accuracy {summary['val_accuracy']:.4f}, "
           f"{trainable:,} trainable params, {seconds:.0f}s")

@@ -3,14 +3,15 @@ import argparse
 
 from peftlab.errors import run_cli
 from peftlab.evaluate import EvalPaths, run_evaluate
-from peftlab.params import load_params
+from peftlab.params import apply_sweep, load_params
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--run", default="main", help="run name (adapter folder and output names)")
+    ap.add_argument("--run", default="main", help="run name: main, or a key of sweep")
     args = ap.parse_args()
-    run_evaluate(load_params(["seed", "model", "evaluate"]), EvalPaths.for_run(args.run), name=args.run)
+    params = load_params(["seed", "model", "evaluate", "sweep"])
+    run_evaluate(apply_sweep(params, args.run), EvalPaths.for_run(args.run), name=args.run)
 
 
 if __name__ == "__main__":

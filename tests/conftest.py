@@ -21,8 +21,9 @@ def make_tokenizer(kind: str):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] if kind == "encoder" else \
-        ["<|endoftext|>", "<unk>", "<|im_start|>", "<|im_end|>", "<pad>"]
+    specials = {"encoder": ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"],
+                "decoder": ["<|endoftext|>", "<unk>", "<|im_start|>", "<|im_end|>", "<pad>"],
+                "seq2seq": ["<pad>", "</s>", "<unk>"]}[kind]
     vocab = {t: i for i, t in enumerate(specials + sorted(set(WORDS) | {"system", "user", "assistant", "\n"}))}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=specials[1]))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
@@ -31,6 +32,9 @@ def make_tokenizer(kind: str):
                                                            special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
         return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]",
                                        cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    if kind == "seq2seq":  # T5-style: </s> closes every sequence
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", eos_token="<|im_end|>",
                                    bos_token="<|im_start|>")
     fast.chat_template = CHATML
@@ -44,7 +48,7 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
 def build_tiny_model(dest: Path, family: str, name: str) -> Path:
     """A real (randomly initialised, seeded) tiny model saved in HF layout with a peftlab.json, like fetch."""
     import torch
-    from transformers import AutoModel, BertConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModel, BertConfig, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
     torch.manual_seed(0)
     tok = make_tokenizer(family)
@@ -54,6 +58,11 @@ def build_tiny_model(dest: Path, family: str, name: str) -> Path:
                          hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
         model = AutoModel.from_config(cfg)
         targets = ["query", "key", "value"]
+    elif family == "seq2seq":
+        cfg = T5Config(vocab_size=len(tok), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
+                       dropout_rate=0.0, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+        model = T5ForConditionalGeneration(cfg)
+        targets = ["q", "v"]
     else:
         cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                           num_key_value_heads=1, intermediate_size=64, max_position_embeddings=256,
@@ -64,7 +73,8 @@ def build_tiny_model(dest: Path, family: str, name: str) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(dest, safe_serialization=True)
     tok.save_pretrained(dest)
-    info = {"name": name, "source": f"local:{dest}", "family": family, "head": "classifier",
+    head = {"encoder": "classifier", "decoder": "classifier", "seq2seq": "seq2seq"}[family]
+    info = {"name": name, "source": f"local:{dest}", "family": family, "head": head,
             "target_modules": targets}
     (dest / "peftlab.json").write_text(json.dumps(info))
     return dest
@@ -92,7 +102,8 @@ def toy_frame(n: int = 200, seed: int = 0, labels=("negative", "positive")) -> p
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny-models")
     return {"encoder": build_tiny_model(root / "tiny-bert", "encoder", "tiny-bert"),
-            "decoder": build_tiny_model(root / "tiny-llama", "decoder", "tiny-llama")}
+            "decoder": build_tiny_model(root / "tiny-llama", "decoder", "tiny-llama"),
+            "seq2seq": build_tiny_model(root / "tiny-t5", "seq2seq", "tiny-t5")}
 
 
 @pytest.fixture()
