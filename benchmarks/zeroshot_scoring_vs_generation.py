@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peftlab.baseline import candidate, select_rows  # noqa: E402
-from peftlab.data import read_labels, read_split  # noqa: E402
+from peftlab.baseline import candidate  # noqa: E402
+from peftlab.data import read_labels, read_split, stratified_sample  # noqa: E402
 from peftlab.models import load_causal_lm  # noqa: E402
 from peftlab.params import load_params  # noqa: E402
 from peftlab.predict import calibrate, generate_answers, parse_label, score_labels  # noqa: E402
@@ -43,7 +43,7 @@ def main() -> None:
     if metrics.exists() and "llm_zeroshot" in json.loads(metrics.read_text()):
         chosen = json.loads(metrics.read_text())["llm_zeroshot"]["chosen"]
     labels = read_labels("data/splits")
-    test = select_rows(read_split("data/splits", "test"), args.rows, params.seed)
+    test = stratified_sample(read_split("data/splits", "test"), args.rows, params.seed)
     texts, y = test["text"].tolist(), test["label"].to_numpy()
     device = torch.device("cpu")
     torch.set_num_threads(torch.get_num_threads())

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from peftlab.data import read_labels, read_split
+from peftlab.data import read_labels, read_split, stratified_sample
 from peftlab.evaluate import prediction_frame
 from peftlab.io import write_json, write_parquet
 from peftlab.metrics import accuracy, classification_metrics
@@ -61,7 +61,7 @@ def llm_baselines(bp: BaselineParams, seed: int, labels: list[str], train: pd.Da
     model, tok = load_causal_lm(Path("models/base") / bp.llm, device)
     tok.padding_side = "left"
     demos = draw_demos(train, bp.shots, seed)
-    sel = select_rows(val, bp.select_rows, seed)
+    sel = stratified_sample(val, bp.select_rows, seed)
     cf_texts = list(bp.content_free)
     def score(spec: PromptSpec, texts: list[str]) -> np.ndarray:
         return score_labels(model, tok, spec, texts, labels, demos, bp.batch_size, device)
@@ -98,15 +98,6 @@ def llm_baselines(bp: BaselineParams, seed: int, labels: list[str], train: pd.Da
                                                    "max_new_tokens": bp.max_new_tokens,
                                                    "examples": answers[:5]})
     return out
-
-
-def select_rows(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
-    """A stratified sample of n rows (all rows when there are fewer)."""
-    if len(df) <= n:
-        return df
-    frac = n / len(df)
-    return (df.groupby("label", group_keys=False).sample(frac=frac, random_state=seed)
-            .sort_values("id").reset_index(drop=True))
 
 
 # --- encoders and classical models -----------------------------------------------------------------------

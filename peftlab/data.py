@@ -158,6 +158,14 @@ def make_splits(df: pd.DataFrame, labels: list[str], val: float, test: float, se
     return parts, stats
 
 
+def stratified_sample(df: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+    """About n rows with the class proportions of df, by seed (all rows when there are fewer)."""
+    if len(df) <= n:
+        return df
+    return (df.groupby("label", group_keys=False).sample(frac=n / len(df), random_state=seed)
+            .sort_values("id").reset_index(drop=True))
+
+
 def read_labels(data_dir: str | Path) -> list[str]:
     """The label order every later stage uses, carried from fetch through split in manifest.json."""
     return read_json(Path(data_dir) / "manifest.json")["labels"]

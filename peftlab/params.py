@@ -95,6 +95,7 @@ class TrainParams:
     warmup_ratio: float = _meta(0.06, lo=0.0, hi=1.0, hi_open=True)
     max_steps: int = _meta(-1, lo=-1, doc="-1: run the epochs")
     max_train_samples: Optional[int] = _meta(lo=1, doc="seeded subset of the train split")
+    max_eval_samples: Optional[int] = _meta(lo=1, doc="stratified subset of val for in-training validation")
     eval_steps: Optional[int] = _meta(lo=1, doc="null: evaluate once per epoch")
     save_steps: int = _meta(100, lo=1, doc="checkpoint interval for crash resume")
     logging_steps: int = _meta(10, lo=1)
@@ -171,6 +172,17 @@ class BaselineParams:
 
 
 @dataclass
+class BenchmarkParams:
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    threads: Optional[int] = _meta(lo=1, doc="torch threads; null: torch's default (all cores)")
+    rows: int = _meta(256, lo=8, doc="test reviews used for throughput")
+    latency_samples: int = _meta(50, lo=5, doc="single-review requests timed for the latency percentiles")
+    warmup: int = _meta(5, lo=0)
+    batch_sizes: list[int] = _meta(factory=lambda: [1, 8, 32, 64])
+    zeroshot: bool = _meta(True, doc="also measure the zero-shot LLM of the baseline stage")
+
+
+@dataclass
 class Params:
     seed: int = 42
     data: DataParams = field(default_factory=DataParams)
@@ -182,6 +194,7 @@ class Params:
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     baseline: BaselineParams = field(default_factory=BaselineParams)
     prompt: PromptParams = field(default_factory=PromptParams)
+    benchmark: BenchmarkParams = field(default_factory=BenchmarkParams)
     sweep: dict = field(default_factory=dict)
 
 

@@ -54,8 +54,9 @@ SMALL = {"data": {"max_samples": 1500}, "models": {"minilm-l6": {}},
 
 
 def test_dvc_repro_end_to_end_then_nothing_to_do_then_refuses_bad_params(tmp_path):
+    # The fine-tuning path (`dvc repro evaluate` and what it depends on); the LLM stages have their own tests.
     proj = copy_repo(tmp_path / "proj", SMALL)
-    first = run([sys.executable, "-m", "dvc", "repro"], proj)
+    first = run([sys.executable, "-m", "dvc", "repro", "evaluate"], proj)
     for stage in ("fetch_data", "fetch_model@minilm-l6", "split", "train", "evaluate"):
         assert f"Running stage '{stage}'" in first.stdout
 
@@ -65,9 +66,9 @@ def test_dvc_repro_end_to_end_then_nothing_to_do_then_refuses_bad_params(tmp_pat
     assert m["accuracy"] > 0.65, m          # MiniLM + LoRA, 3 epochs on ~1,200 reviews
     assert (proj / "models" / "adapters" / "main" / "adapter_model.safetensors").exists()
 
-    again = run([sys.executable, "-m", "dvc", "repro"], proj)
+    again = run([sys.executable, "-m", "dvc", "repro", "evaluate"], proj)
     assert "Running stage" not in again.stdout
-    assert "up to date" in run([sys.executable, "-m", "dvc", "status"], proj).stdout
+    assert "up to date" in run([sys.executable, "-m", "dvc", "status", "evaluate"], proj).stdout
 
     # a bad value: one clear line, non-zero exit, earlier outputs left as they were
     before = (proj / "metrics" / "evaluate.json").read_bytes()
@@ -75,7 +76,7 @@ def test_dvc_repro_end_to_end_then_nothing_to_do_then_refuses_bad_params(tmp_pat
     params = yaml.safe_load((proj / "params.yaml").read_text())
     params["lora"]["r"] = 0
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    bad = run([sys.executable, "-m", "dvc", "repro"], proj, check=False)
+    bad = run([sys.executable, "-m", "dvc", "repro", "evaluate"], proj, check=False)
     assert bad.returncode != 0
     errors = [l for l in (bad.stdout + bad.stderr).splitlines() if l.startswith("error:")]
     assert errors == ["error: params.yaml: lora.r = 0 is invalid; allowed: a value >= 1 and <= 4096"]
