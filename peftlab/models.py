@@ -147,9 +147,12 @@ def lora_config(setup: ModelSetup, r: int, alpha: float, dropout: float, target_
         raise PeftlabError(f"no LoRA target modules for {setup.info['name']!r}; set lora.target_modules")
     if setup.head == "classifier":
         # The new classification head is trained in full and saved with the adapter.
-        head_module = setup.info.get("classifier_module") or CLASSIFIER_HEADS.get(setup.family)
+        # A catalog entry may name several new layers (DistilBERT: pre_classifier and classifier).
+        head_modules = setup.info.get("classifier_module") or CLASSIFIER_HEADS.get(setup.family)
+        if isinstance(head_modules, str):
+            head_modules = [head_modules]
         return LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
-                          target_modules=list(targets), modules_to_save=[head_module] if head_module else None)
+                          target_modules=list(targets), modules_to_save=list(head_modules) if head_modules else None)
     task = TaskType.CAUSAL_LM if setup.head == "generative" else TaskType.SEQ_2_SEQ_LM
     return LoraConfig(task_type=task, r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets))
 

@@ -74,7 +74,16 @@ def chat_prompt(tokenizer, system: str | None, user: str, prefill: str = "",
         messages += [{"role": "user", "content": u}, {"role": "assistant", "content": a}]
     messages.append({"role": "user", "content": user})
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # jinja2's TemplateError: templates raise on roles they do not know
+            if not system or "system" not in str(e).lower():
+                raise
+            # Gemma-style templates have no system role: the system text opens the first user turn instead.
+            first = next(i for i, m in enumerate(messages) if m["role"] == "user")
+            folded = [dict(m) for m in messages[1:]]
+            folded[first - 1]["content"] = f"{system}\n\n{folded[first - 1]['content']}"
+            text = tokenizer.apply_chat_template(folded, tokenize=False, add_generation_prompt=True)
     else:
         text = "".join(f"{m['content']}\n\n" for m in messages)
     return text + prefill

@@ -387,12 +387,17 @@ def fetch_model_files(entry: dict, dest: Path) -> None:
     """Put a loadable HF model folder (safetensors only) at `dest` (a fresh, empty folder)."""
     source = parse_source(entry["source"])
     if source.kind == "hf":
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import get_token, snapshot_download
         from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError
 
+        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        if entry.get("gated") and not offline and not get_token():
+            # Fail before any download, with the fix, instead of a 401 from deep inside huggingface_hub.
+            raise PeftlabError(f"model {entry['name']!r} ({source}) is gated and no Hugging Face token is set; "
+                               f"accept its license on the Hub, then export HF_TOKEN=<token> (or `hf auth login`)")
         try:
             path = Path(snapshot_download(source.target, revision=source.revision,
-                                          allow_patterns=MODEL_FILE_PATTERNS, token=os.environ.get("HF_TOKEN")))
+                                          allow_patterns=MODEL_FILE_PATTERNS, token=get_token()))
         except GatedRepoError:
             raise PeftlabError(f"{source} is gated: accept its license on the Hub, then set HF_TOKEN "
                                f"in the environment") from None
