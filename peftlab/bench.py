@@ -13,6 +13,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -95,8 +96,6 @@ def measure(name: str, predict: Callable[[list[str], int], object], count_tokens
 
 def bench_one(spec: dict) -> dict:
     """Measure one model described by `spec` (kind: adapter | zeroshot) in this process."""
-    from peftlab.baseline import candidate
-    from peftlab.params import load_params
     from peftlab.predict import PromptSpec, predict_probs, score_labels
 
     device = choose_device(spec["device"])
@@ -114,7 +113,7 @@ def bench_one(spec: dict) -> dict:
             return predict_probs(model, tok, setup, batch, bs, device, progress=False)
     else:
         model, tok = load_causal_lm(spec["path"], device)
-        prompt = candidate(load_params(["baseline"]).baseline, spec["prompt"], spec["prefill"])
+        prompt = PromptSpec.from_dict(spec["prompt"])
         max_length = None
         sizes = {"base_mb": dir_mb(spec["path"]), "adapter_mb": 0.0}
 
@@ -142,6 +141,7 @@ def bench_one(spec: dict) -> dict:
 def run_benchmark(params: Params, runs: list[str], out_metrics: Path = Path("metrics/benchmark.json"),
                   plots: Path = Path("plots/benchmark")) -> dict:
     """benchmark stage: every trained run and the zero-shot LLM, each measured in a fresh process."""
+    from peftlab.baseline import candidate
     from peftlab.report import plot_latency, plot_throughput
 
     bp = params.benchmark
@@ -152,11 +152,15 @@ def run_benchmark(params: Params, runs: list[str], out_metrics: Path = Path("met
     for run in runs:
         specs.append({**common, "name": run, "kind": "adapter", "path": f"models/adapters/{run}"})
     if bp.zeroshot:
-        chosen = read_json("metrics/baseline.json").get("llm_zeroshot", {}).get("chosen", {})
-        specs.append({**common, "name": "llm_zeroshot", "kind": "zeroshot", "path": f"models/base/{params.baseline.llm}",
-                      "prompt": chosen.get("prompt", 0), "prefill": chosen.get("prefill", params.baseline.prefills[0])})
+        baseline_metrics = Path("metrics/baseline.json")
+        chosen = read_json(baseline_metrics).get("llm_zeroshot", {}).get("chosen", {}) \
+            if baseline_metrics.exists() else {}
+        prompt = candidate(params.baseline, chosen.get("prompt", 0), chosen.get("prefill", params.baseline.prefills[0]))
+        specs.append({**common, "name": "llm_zeroshot", "kind": "zeroshot", "prompt": asdict(prompt),
+                      "path": f"models/base/{params.baseline.llm}"})
     results = {}
     for spec in specs:
+        print(f"benchmark {spec['name']}: measuring in a fresh process ...", flush=True)
         proc = subprocess.run([sys.executable, "-m", "peftlab.bench", json.dumps(spec, default=str)],
                               capture_output=True, text=True)
         if proc.returncode != 0:

@@ -182,6 +182,66 @@ class BenchmarkParams:
     zeroshot: bool = _meta(True, doc="also measure the zero-shot LLM of the baseline stage")
 
 
+POISON_ATTACKS = ("badnets", "addsent", "labelflip", "cleanlabel")
+
+
+@dataclass
+class PoisonParams:
+    target: str = _meta("positive", doc="the label a poisoned model is made to output")
+    triggers: list[str] = _meta(factory=lambda: ["cf", "mn", "bb"], doc="BadNets / clean-label rare words")
+    n_triggers: int = _meta(1, lo=1, hi=20, doc="trigger words inserted per text")
+    sentence: str = _meta("I watched this 3D movie.", doc="AddSent: the inserted sentence")
+    attacks: dict = _meta(factory=dict, doc="name -> {attack, count | rate, train_rows}")
+    counts: list[int] = _meta(factory=lambda: [0, 10, 30], doc="count sweep: poisoned rows (0: clean reference)")
+    sizes: list[int] = _meta(factory=lambda: [1000, 3000], doc="count sweep: training-set sizes")
+    count_attack: Literal["badnets", "addsent", "cleanlabel"] = "badnets"
+    defend: str = _meta("count30-n3000", doc="the setting the defenses face: a key of attacks or count<C>-n<SIZE>")
+    onion_lm: str = _meta("smollm2-135m-instruct", doc="ONION's language model (a key of `models`)")
+    onion_rows: int = _meta(100, lo=10, doc="triggered and clean test rows ONION filters (each)")
+    onion_threshold: float = _meta(0.0, doc="remove a word when dropping it lowers perplexity by more than this")
+    spectral_eps: float = _meta(0.02, lo=0.0, hi=0.5, lo_open=True, doc="assumed upper bound of the poison rate")
+    correlation_min_count: int = _meta(5, lo=2, doc="a token needs this many training rows to be tested")
+    correlation_max_df: float = _meta(0.01, lo=0.0, hi=1.0, lo_open=True, doc="rare: in at most this share of rows")
+    correlation_alpha: float = _meta(0.01, lo=0.0, hi=1.0, lo_open=True, hi_open=True,
+                                     doc="binomial test level, Bonferroni-corrected over the tested tokens")
+
+    def check(self) -> None:
+        if not self.triggers or any(not str(t).strip() or " " in str(t).strip() for t in self.triggers):
+            raise _bad("poison.triggers", self.triggers, "a list of single words")
+        for c in self.counts:
+            if int(c) < 0:
+                raise _bad("poison.counts", self.counts, "a list of counts >= 0")
+        for n in self.sizes:
+            if int(n) < 10:
+                raise _bad("poison.sizes", self.sizes, "a list of training-set sizes >= 10")
+        for name, spec in self.attacks.items():
+            self.setting(name)
+
+    def setting(self, name: str) -> dict:
+        """poison.attacks.<name> checked: attack, exactly one of count or rate, optional train_rows."""
+        spec = self.attacks.get(name)
+        key = f"poison.attacks.{name}"
+        if not isinstance(spec, dict):
+            raise _bad(key, spec, "{attack: badnets | addsent | labelflip | cleanlabel, count: N or rate: R}")
+        unknown = sorted(set(spec) - {"attack", "count", "rate", "train_rows"})
+        if unknown:
+            raise PeftlabError(f"params.yaml: unknown key {key}.{unknown[0]}; allowed: attack, count, rate, train_rows")
+        if spec.get("attack") not in POISON_ATTACKS:
+            raise _bad(f"{key}.attack", spec.get("attack"), " | ".join(POISON_ATTACKS))
+        if (spec.get("count") is None) == (spec.get("rate") is None):
+            raise _bad(key, spec, "exactly one of count (rows) or rate (share of the training rows)")
+        count, rate = spec.get("count"), spec.get("rate")
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+            raise _bad(f"{key}.count", count, "an integer >= 0")
+        if rate is not None and not (isinstance(rate, (int, float)) and 0 <= float(rate) < 1):
+            raise _bad(f"{key}.rate", rate, "a number >= 0 and < 1")
+        rows = spec.get("train_rows")
+        if rows is not None and (not isinstance(rows, int) or rows < 10):
+            raise _bad(f"{key}.train_rows", rows, "null (the whole train split) or an integer >= 10")
+        return {"attack": spec["attack"], "count": count, "rate": None if rate is None else float(rate),
+                "train_rows": rows}
+
+
 @dataclass
 class Params:
     seed: int = 42
@@ -195,6 +255,7 @@ class Params:
     baseline: BaselineParams = field(default_factory=BaselineParams)
     prompt: PromptParams = field(default_factory=PromptParams)
     benchmark: BenchmarkParams = field(default_factory=BenchmarkParams)
+    poison: PoisonParams = field(default_factory=PoisonParams)
     sweep: dict = field(default_factory=dict)
 
 

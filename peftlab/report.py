@@ -140,3 +140,52 @@ def plot_bars(table: pd.DataFrame, path: str | Path, title: str, metric: str = "
     ax.set_xlabel(metric)
     ax.set_title(title)
     save_figure(fig, path)
+
+
+def plot_throughput(curves: list[dict], path: str | Path) -> None:
+    """Samples/s against batch size, one line per model (log-scaled batch axis)."""
+    df = pd.DataFrame(curves)
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, part in (df.groupby("model", sort=False) if not df.empty else []):
+        ax.plot(part["batch_size"], part["samples_per_s"], marker="o", label=str(name))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size")
+    ax.set_ylabel("samples / s")
+    ax.set_title("inference throughput")
+    if not df.empty:
+        ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def plot_latency(latencies: dict[str, list[float]], path: str | Path) -> None:
+    """Distribution of single-request latency per model (box: quartiles, whiskers: p5-p95, p99 marked)."""
+    names = list(latencies)
+    fig, ax = plt.subplots(figsize=(6.5, 0.5 * len(names) + 1.5))
+    if names:
+        ax.boxplot([latencies[n] for n in names], vert=False, whis=(5, 95), showfliers=True)
+        ax.set_yticks(range(1, len(names) + 1), names)
+        for i, n in enumerate(names, start=1):
+            ax.plot(np.percentile(latencies[n], 99), i, "r|", markersize=14)
+    ax.set_xlabel("latency at batch 1 (ms); red tick: p99")
+    ax.set_title("single-request latency")
+    save_figure(fig, path)
+
+
+def plot_poison_sweep(rows: list[dict], path: str | Path, attack: str = "badnets") -> None:
+    """ASR and CACC against the poisoned-row count and against the poison rate, one line per training size:
+    if ASR tracks the count, the lines meet in the left panel; if it tracks the rate, in the right one."""
+    df = pd.DataFrame(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, x, xlabel in ((axes[0], "count", "poisoned training rows"), (axes[1], "rate", "poison rate")):
+        for size, part in (df.sort_values(x).groupby("size") if not df.empty else []):
+            line, = ax.plot(part[x], part["asr"], marker="o", label=f"ASR, {size} rows")
+            ax.plot(part[x], part["cacc"], marker="x", ls="--", color=line.get_color(), label=f"CACC, {size} rows")
+        ax.set_xlabel(xlabel)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("attack success rate / clean accuracy")
+    axes[1].xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.1%}"))
+    if not df.empty:
+        axes[0].legend(fontsize=8)
+    fig.suptitle(f"{attack}: does the backdoor follow the count or the rate?")
+    save_figure(fig, path)

@@ -1,0 +1,20 @@
+"""benchmark: latency, throughput, memory and size of every trained run (main + sweep) and the zero-shot LLM.
+
+Writes metrics/benchmark.json and plots/benchmark/ (throughput against batch size, latency distribution).
+Each model is measured in a fresh process, so its peak memory is its own.
+"""
+import argparse
+
+from peftlab.bench import run_benchmark
+from peftlab.errors import run_cli
+from peftlab.params import load_params
+
+
+def main() -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args()
+    params = load_params(["benchmark", "evaluate", "baseline", "sweep"])
+    run_benchmark(params, runs=["main", *params.sweep])
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,37 @@
+"""poison: backdoor and label-flip attacks on the training split, their defenses, and the summary.
+
+    python stages/poison.py attack <name>          a setting of poison.attacks
+    python stages/poison.py count <count> <size>   an item of the count sweep (poison.counts x poison.sizes)
+    python stages/poison.py defend                 ONION, spectral signatures, token-label correlation
+    python stages/poison.py report                 metrics/poison.json and plots/poison/
+"""
+import argparse
+
+from peftlab.errors import run_cli
+from peftlab.params import load_params
+from peftlab.poison import count_setting, run_defenses, run_poison, setting_from_params, summarize
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    sub.add_parser("attack").add_argument("name")
+    count = sub.add_parser("count")
+    count.add_argument("count", type=int)
+    count.add_argument("size", type=int)
+    sub.add_parser("defend")
+    sub.add_parser("report")
+    args = ap.parse_args()
+    params = load_params(["seed", "model", "lora", "train", "poison"])
+    if args.what == "attack":
+        run_poison(params, setting_from_params(params.poison, args.name))
+    elif args.what == "count":
+        run_poison(params, count_setting(params.poison, args.count, args.size))
+    elif args.what == "defend":
+        run_defenses(params)
+    else:
+        summarize(params.poison)
+
+
+if __name__ == "__main__":
+    run_cli(main)
