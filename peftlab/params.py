@@ -195,9 +195,11 @@ class PoisonParams:
     counts: list[int] = _meta(factory=lambda: [0, 10, 30], doc="count sweep: poisoned rows (0: clean reference)")
     sizes: list[int] = _meta(factory=lambda: [1000, 3000], doc="count sweep: training-set sizes")
     count_attack: Literal["badnets", "addsent", "cleanlabel"] = "badnets"
+    batch_size: int = _meta(8, lo=1, doc="training batch of the poisoned runs: small sets need more, smaller steps")
+    eval_rows: int = _meta(200, lo=10, doc="stratified val rows validated during each poisoned run")
     defend: str = _meta("count30-n3000", doc="the setting the defenses face: a key of attacks or count<C>-n<SIZE>")
     onion_lm: str = _meta("smollm2-135m-instruct", doc="ONION's language model (a key of `models`)")
-    onion_rows: int = _meta(100, lo=10, doc="triggered and clean test rows ONION filters (each)")
+    onion_rows: int = _meta(30, lo=10, doc="triggered and clean test rows ONION filters (each)")
     onion_threshold: float = _meta(0.0, doc="remove a word when dropping it lowers perplexity by more than this")
     spectral_eps: float = _meta(0.02, lo=0.0, hi=0.5, lo_open=True, doc="assumed upper bound of the poison rate")
     correlation_min_count: int = _meta(5, lo=2, doc="a token needs this many training rows to be tested")

@@ -136,10 +136,13 @@ def write_poisoned_splits(poisoned_train: pd.DataFrame, clean_splits: Path, out_
 
 
 def train_on(params: Params, splits: Path, adapter: Path) -> dict:
-    """LoRA training with the clean run's params on `splits`; checkpoints and tracking stay in a temp folder."""
+    """LoRA training with the clean run's params on `splits` (batch size and validation rows from the poison
+    section: a few thousand rows need more, smaller steps than the whole split); checkpoints stay in a temp
+    folder."""
     from peftlab.train import RunPaths, run_train
 
-    tp = dataclasses.replace(params.train, report_to=["none"], max_train_samples=None)
+    tp = dataclasses.replace(params.train, report_to=["none"], max_train_samples=None,
+                             batch_size=params.poison.batch_size, max_eval_samples=params.poison.eval_rows)
     with tempfile.TemporaryDirectory(prefix="peftlab-poison-") as tmp:
         tmp = Path(tmp)
         paths = RunPaths(splits, adapter, tmp / "checkpoints", tmp / "live", tmp / "train.json")
