@@ -143,6 +143,7 @@ def run_benchmark(params: Params, runs: list[str], out_metrics: Path = Path("met
     """benchmark stage: every trained run and the zero-shot LLM, each measured in a fresh process."""
     from peftlab.baseline import candidate
     from peftlab.report import plot_latency, plot_throughput
+    from peftlab.train import RunPaths
 
     bp = params.benchmark
     common = {"device": bp.device, "threads": bp.threads, "rows": bp.rows, "latency_samples": bp.latency_samples,
@@ -166,8 +167,7 @@ def run_benchmark(params: Params, runs: list[str], out_metrics: Path = Path("met
         if proc.returncode != 0:
             raise PeftlabError(f"benchmark of {spec['name']} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
         r = json.loads(proc.stdout.strip().splitlines()[-1])
-        train_metrics = Path("metrics/train.json") if spec["name"] == "main" else \
-            Path(f"metrics/sweep/{spec['name']}/train.json")
+        train_metrics = RunPaths.for_run(spec["name"]).metrics
         if train_metrics.exists():
             t = read_json(train_metrics)
             r.update(trainable_params=t["trainable_params"], train_seconds=t["train_seconds"],

@@ -216,7 +216,7 @@ class PoisonParams:
         for n in self.sizes:
             if int(n) < 10:
                 raise _bad("poison.sizes", self.sizes, "a list of training-set sizes >= 10")
-        for name, spec in self.attacks.items():
+        for name in self.attacks:
             self.setting(name)
 
     def setting(self, name: str) -> dict:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import shutil
 import tempfile
 from collections import Counter
@@ -52,14 +51,18 @@ def count_setting(pp: PoisonParams, count: int, size: int) -> Setting:
     return Setting(name=f"count{count}-n{size}", attack=pp.count_attack, count=count, train_rows=size)
 
 
+def sweep_settings(pp: PoisonParams) -> list[Setting]:
+    """Every item of the count sweep, by size then count (the order of the plot's lines and points)."""
+    return [count_setting(pp, c, n) for n in pp.sizes for c in pp.counts]
+
+
 def resolve_setting(pp: PoisonParams, name: str) -> Setting:
     """A key of poison.attacks, or a count-sweep item named count<C>-n<SIZE>."""
     if name in pp.attacks:
         return setting_from_params(pp, name)
-    m = re.fullmatch(r"count(\d+)-n(\d+)", name)
-    if m and int(m[1]) in pp.counts and int(m[2]) in pp.sizes:
-        return count_setting(pp, int(m[1]), int(m[2]))
-    sweep = [f"count{c}-n{n}" for c in pp.counts for n in pp.sizes]
+    sweep = {s.name: s for s in sweep_settings(pp)}
+    if name in sweep:
+        return sweep[name]
     raise PeftlabError(f"params.yaml: poison.defend = {name!r} is invalid; allowed: "
                        f"{', '.join([*pp.attacks, *sweep])}")
 
@@ -194,7 +197,7 @@ def run_poison(params: Params, setting: Setting, splits: Path = Path("data/split
 
 def sequence_nll(model, tok, texts: list[str], batch_size: int = 64) -> np.ndarray:
     """Mean token negative log-likelihood per text under a causal LM (log-perplexity), batched by length."""
-    from peftlab.predict import length_sorted_batches
+    from peftlab.predict import left_pad, length_sorted_batches
 
     device = next(model.parameters()).device
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
@@ -203,16 +206,11 @@ def sequence_nll(model, tok, texts: list[str], batch_size: int = 64) -> np.ndarr
     out = np.zeros(len(texts))
     with torch.inference_mode():
         for idx in length_sorted_batches([len(e) for e in enc], batch_size):
-            width = max(len(enc[i]) for i in idx)
-            ids = torch.full((len(idx), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(idx):
-                ids[row, : len(enc[i])] = torch.tensor(enc[i])
-                mask[row, : len(enc[i])] = 1
-            ids, mask = ids.to(device), mask.to(device)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+            batch = left_pad([enc[i] for i in idx], pad, device)
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            logits = model(**batch).logits[:, :-1].float()
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
-            m = mask[:, 1:].float()
+            m = (mask[:, 1:] * mask[:, :-1]).float()   # real targets predicted from real tokens
             out[idx] = ((nll * m).sum(1) / m.sum(1).clamp(min=1)).cpu().numpy()
     return out
 
@@ -248,7 +246,7 @@ def head_features(adapter: Path, texts: list[str], batch_size: int = 64) -> np.n
     """The representation the classification head reads ([CLS] for encoders, the last real token for
     decoders), from the (merged) fine-tuned model: what spectral signatures inspect."""
     from peftlab.models import choose_device, load_trained
-    from peftlab.predict import length_sorted_batches
+    from peftlab.predict import padded_batches
 
     device = choose_device("auto")
     model, tok, setup = load_trained(adapter, device)
@@ -257,8 +255,7 @@ def head_features(adapter: Path, texts: list[str], batch_size: int = 64) -> np.n
     enc = tok(texts, truncation=True, max_length=setup.max_length)
     out = None
     with torch.inference_mode():
-        for idx in length_sorted_batches([len(x) for x in enc["input_ids"]], batch_size):
-            batch = tok.pad([{k: enc[k][i] for k in enc.keys()} for i in idx], return_tensors="pt").to(device)
+        for idx, batch in padded_batches(tok, enc, batch_size, device, "representations"):
             hidden = model(**batch, output_hidden_states=True).hidden_states[-1]
             if setup.family == "decoder":
                 last = batch["attention_mask"].sum(1) - 1
@@ -379,7 +376,7 @@ def summarize(pp: PoisonParams, metrics_root: Path = Path("metrics/poison"),
     the clean model trained on the same rows (count 0 at that size, or the main run for the whole split)."""
     from peftlab.report import plot_poison_sweep
 
-    sweep = [count_setting(pp, c, n) for n in pp.sizes for c in pp.counts]
+    sweep = sweep_settings(pp)
     settings = [setting_from_params(pp, k) for k in pp.attacks] + sweep
     results = {s.name: read_json(metrics_root / f"{s.name}.json") for s in settings}
     main_acc = read_json(clean_metrics)["accuracy"] if clean_metrics.exists() else None

@@ -28,18 +28,23 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[n
         yield order[start:start + batch_size]
 
 
+def padded_batches(tokenizer, enc, batch_size: int, device: torch.device, desc: str,
+                   progress: bool = True) -> Iterator[tuple[np.ndarray, dict]]:
+    """(row indices, tensors on device) for tokenised texts: length-sorted batches, each padded only to its
+    own longest row (dynamic padding)."""
+    batches = list(length_sorted_batches([len(x) for x in enc["input_ids"]], batch_size))
+    for idx in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+        yield idx, tokenizer.pad([{k: enc[k][i] for k in enc.keys()} for i in idx], return_tensors="pt").to(device)
+
+
 def classifier_probs(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64,
                      device: torch.device | None = None, progress: bool = True) -> np.ndarray:
     """Class probabilities (n, k) from a sequence-classification model."""
     device = device or next(model.parameters()).device
     enc = tokenizer(list(texts), truncation=True, max_length=max_length)
-    ids = enc["input_ids"]
     out = None
-    batches = list(length_sorted_batches([len(x) for x in ids], batch_size))
     with torch.inference_mode():
-        for idx in tqdm(batches, desc="scoring", unit="batch", disable=not progress):
-            feats = [{k: enc[k][i] for k in enc.keys()} for i in idx]
-            batch = tokenizer.pad(feats, return_tensors="pt").to(device)
+        for idx, batch in padded_batches(tokenizer, enc, batch_size, device, "scoring", progress):
             logits = model(**batch).logits.float()
             probs = torch.softmax(logits, dim=-1).cpu().numpy()
             if out is None:
@@ -249,10 +254,8 @@ def seq2seq_scores(model, tok, spec: PromptSpec, texts: Sequence[str], labels: S
     forms, owner = spec.surface_forms(labels, prefill="")
     form_ids = [tok(f)["input_ids"] for f in forms]
     out = np.zeros((len(inputs), len(forms)))
-    batches = list(length_sorted_batches([len(x) for x in enc["input_ids"]], batch_size))
     with torch.inference_mode():
-        for idx in tqdm(batches, desc="seq2seq scoring", unit="batch", disable=not progress):
-            batch = tok.pad([{k: enc[k][i] for k in enc.keys()} for i in idx], return_tensors="pt").to(device)
+        for idx, batch in padded_batches(tok, enc, batch_size, device, "seq2seq scoring", progress):
             encoded = model.get_encoder()(**batch)
             for j, ids in enumerate(form_ids):
                 target = torch.tensor([ids] * len(idx), device=device)
@@ -312,10 +315,8 @@ def mean_pooled_embeddings(model, tokenizer, texts: Sequence[str], max_length: i
     device = device or next(model.parameters()).device
     enc = tokenizer(list(texts), truncation=True, max_length=max_length)
     out = None
-    batches = list(length_sorted_batches([len(x) for x in enc["input_ids"]], batch_size))
     with torch.inference_mode():
-        for idx in tqdm(batches, desc="embedding", unit="batch", disable=not progress):
-            batch = tokenizer.pad([{k: enc[k][i] for k in enc.keys()} for i in idx], return_tensors="pt").to(device)
+        for idx, batch in padded_batches(tokenizer, enc, batch_size, device, "embedding", progress):
             hidden = model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             emb = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
