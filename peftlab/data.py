@@ -36,11 +36,13 @@ def normalize_for_dedupe(text: str) -> str:
 
 
 def clean_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """Clean texts and drop rows with nothing left; return counts of what was dropped."""
-    text = df["text"].astype(str).map(clean_text)
+    """Clean texts and drop rows with nothing left; return counts of what was cleaned and dropped."""
+    raw = df["text"].astype(str)
+    text = raw.map(clean_text)
     empty = text.str.len() == 0
+    control = raw.str.contains(_CONTROL) & ~empty     # NUL and other control characters removed from kept rows
     out = df.assign(text=text)[~empty].reset_index(drop=True)
-    return out, {"dropped_empty_text": int(empty.sum())}
+    return out, {"cleaned_control_chars": int(control.sum()), "dropped_empty_text": int(empty.sum())}
 
 
 def dedupe(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
@@ -182,6 +184,10 @@ def run_split(params: Params, raw_dir: str | Path, out_dir: str | Path, metrics_
     """split stage: data/raw -> data/splits/{train,val,test}.parquet + metrics/split.json."""
     raw_dir = Path(raw_dir)
     manifest = read_json(raw_dir / "manifest.json")
+    from peftlab import split_scale  # streamed shards, or more rows than fit: the chunked path, same split
+
+    if split_scale.wants_scaled(raw_dir, manifest):
+        return split_scale.run_split_scaled(params, raw_dir, manifest, out_dir, metrics_path)
     df = pd.read_parquet(raw_dir / "data.parquet")
     sp = params.split
     parts, stats = make_splits(df, manifest["labels"], sp.val, sp.test, params.seed, sp.grouped,

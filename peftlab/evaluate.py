@@ -14,6 +14,7 @@ from peftlab.models import choose_device, load_trained
 from peftlab.params import Params
 from peftlab.predict import predict_probs
 from peftlab.report import metrics_row, plot_confusion, plot_curve, write_tables
+from peftlab.test_sets import evaluate_test_sets
 
 
 @dataclasses.dataclass
@@ -57,7 +58,8 @@ def write_eval_outputs(name: str, m: dict, test: pd.DataFrame, probs: np.ndarray
     plot_curve(c["roc"], "fpr", "tpr", paths.plots / "roc.png", f"{name}: ROC (AUC {m['roc_auc'] or 0:.3f})",
                diagonal=True)
     plot_curve(c["pr"], "recall", "precision", paths.plots / "pr.png", f"{name}: PR (AP {m['pr_auc'] or 0:.3f})")
-    table = pd.DataFrame([metrics_row(name, m)])
+    table = pd.DataFrame([metrics_row(name, m)] + [metrics_row(f"{name} [{t}]", tm)
+                                                   for t, tm in (m.get("test_sets") or {}).items() if t != "test"])
     write_tables(table, csv_path=paths.tables.with_suffix(".csv"), tex_path=paths.tables.with_suffix(".tex"),
                  caption=f"{name} on the test split (n={m['n']})")
 
@@ -70,6 +72,9 @@ def run_evaluate(params: Params, paths: EvalPaths, name: str = "main") -> dict:
     pred = probs.argmax(axis=1)
     m = classification_metrics(test["label"].to_numpy(), pred, probs, setup.labels,
                                bootstrap=params.evaluate.bootstrap, seed=params.seed)
+    m.update(evaluate_test_sets(
+        params.evaluate.test_sets, test, probs, m, setup.labels, paths.splits, params.evaluate.bootstrap,
+        params.seed, predict=lambda texts: predict_probs(model, tok, setup, texts, params.evaluate.batch_size, device)))
     write_eval_outputs(name, m, test, probs, pred, setup.labels, paths)
     ci = m["ci95"]["accuracy"] or [float("nan")] * 2
     print(f"evaluate {name}: accuracy {m['accuracy']:.4f} (95% CI {ci[0]:.4f}-{ci[1]:.4f}), "

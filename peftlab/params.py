@@ -36,7 +36,12 @@ class DataParams:
     sha256: Optional[str] = None
     config: Optional[str] = None
     split: Optional[str] = None
-    streaming: Optional[bool] = None
+    streaming: Optional[bool] = _meta(doc="true: fetch in record batches into parquet shards (peftlab/stream.py)")
+    configs: Optional[list[str]] = _meta(doc="several Hub configs fetched in turn, each a category")
+    config_prefix: Optional[str] = _meta(doc="stripped from a config name to give its category")
+    per_category: Optional[int] = _meta(lo=1, doc="streaming: keep at most this many rows per category")
+    sample: Optional[Literal["first", "reservoir"]] = _meta(doc="streaming cap: first N, or a seeded uniform sample")
+    text_template: Optional[str] = _meta(doc="text built from several columns, e.g. '{title}\\n\\n{content}'")
     format: Optional[str] = None
     encoding: Optional[str] = None
     text_column: Optional[str] = None
@@ -129,6 +134,12 @@ class EvaluateParams:
     batch_size: int = _meta(64, lo=1)
     bootstrap: int = _meta(1000, lo=0, doc="bootstrap resamples for the 95% CIs (0: off)")
     merge_lora: bool = _meta(True, doc="merge the adapter into the weights for inference")
+    test_sets: dict = _meta(factory=dict, doc="extra named test sets: name -> {split_by: ...} or {source|dataset: ...}")
+
+    def check(self) -> None:
+        from peftlab.test_sets import check_test_sets  # the spec grammar lives beside the code that reads it
+
+        check_test_sets(self.test_sets)
 
 
 BASELINE_METHODS = ("majority", "stratified", "tfidf_logreg", "tfidf_svm", "emb_logreg", "emb_svm_rbf", "emb_mlp",
@@ -192,16 +203,20 @@ class PoisonParams:
     n_triggers: int = _meta(1, lo=1, hi=20, doc="trigger words inserted per text")
     sentence: str = _meta("I watched this 3D movie.", doc="AddSent: the inserted sentence")
     attacks: dict = _meta(factory=dict, doc="name -> {attack, count | rate, train_rows}")
-    counts: list[int] = _meta(factory=lambda: [0, 10, 30], doc="count sweep: poisoned rows (0: clean reference)")
-    sizes: list[int] = _meta(factory=lambda: [1000, 3000], doc="count sweep: training-set sizes")
+    counts: list[int] = _meta(factory=lambda: [0, 40, 200], doc="count sweep: poisoned rows (0: clean reference)")
+    sizes: list[int] = _meta(factory=lambda: [2000, 4000], doc="count sweep: training-set sizes")
     count_attack: Literal["badnets", "addsent", "cleanlabel"] = "badnets"
     batch_size: int = _meta(8, lo=1, doc="training batch of the poisoned runs: small sets need more, smaller steps")
+    epochs: Optional[float] = _meta(lo=0.0, lo_open=True, doc="epochs of the poisoned runs; null: train.epochs")
     eval_rows: int = _meta(200, lo=10, doc="stratified val rows validated during each poisoned run")
-    defend: str = _meta("count30-n3000", doc="the setting the defenses face: a key of attacks or count<C>-n<SIZE>")
+    defend: str = _meta("count200-n2000", doc="the setting the defenses face: a key of attacks or count<C>-n<SIZE>")
     onion_lm: str = _meta("smollm2-135m-instruct", doc="ONION's language model (a key of `models`)")
-    onion_rows: int = _meta(30, lo=10, doc="triggered and clean test rows ONION filters (each)")
-    onion_threshold: float = _meta(0.0, doc="remove a word when dropping it lowers perplexity by more than this")
-    spectral_eps: float = _meta(0.02, lo=0.0, hi=0.5, lo_open=True, doc="assumed upper bound of the poison rate")
+    onion_rows: int = _meta(30, lo=10, doc="clean val, clean test and triggered test rows ONION filters (each)")
+    onion_thresholds: list[float] = _meta(factory=lambda: [0.0, 10.0, 30.0, 100.0],
+                                          doc="candidates: drop a word when removing it lowers perplexity by more")
+    onion_max_val_drop: float = _meta(0.02, lo=0.0, hi=1.0, doc="the lowest threshold costing at most this much "
+                                                                    "clean val accuracy is used")
+    spectral_eps: float = _meta(0.1, lo=0.0, hi=0.5, lo_open=True, doc="assumed upper bound of the poison rate")
     correlation_min_count: int = _meta(5, lo=2, doc="a token needs this many training rows to be tested")
     correlation_max_df: float = _meta(0.01, lo=0.0, hi=1.0, lo_open=True, doc="rare: in at most this share of rows")
     correlation_alpha: float = _meta(0.01, lo=0.0, hi=1.0, lo_open=True, hi_open=True,
@@ -216,6 +231,8 @@ class PoisonParams:
         for n in self.sizes:
             if int(n) < 10:
                 raise _bad("poison.sizes", self.sizes, "a list of training-set sizes >= 10")
+        if not self.onion_thresholds:
+            raise _bad("poison.onion_thresholds", self.onion_thresholds, "a non-empty list of numbers")
         for name in self.attacks:
             self.setting(name)
 
@@ -244,6 +261,41 @@ class PoisonParams:
                 "train_rows": rows}
 
 
+COMPARE_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "roc_auc", "pr_auc", "samples_per_s",
+                   "tokens_per_s", "latency_ms_p50", "latency_ms_p99", "ttft_ms", "peak_mem_mb", "adapter_mb",
+                   "trainable_params", "train_seconds")
+
+
+@dataclass
+class CompareParams:
+    weights: dict = _meta(factory=lambda: {"accuracy": 0.3, "f1_macro": 0.3, "samples_per_s": 0.2,
+                                           "latency_ms_p50": 0.2}, doc="metric -> weight of the composite score")
+    missing: Literal["renormalize", "worst", "exclude"] = _meta("renormalize", doc="a method lacking a metric")
+    reference: Optional[str] = _meta(doc="method the others are tested against; null: the top-ranked one")
+    bootstrap: int = _meta(1000, lo=0, doc="paired bootstrap resamples for the accuracy-difference CIs")
+    alpha: float = _meta(0.05, lo=0.0, hi=1.0, lo_open=True, hi_open=True, doc="significance level (Holm)")
+    examples: int = _meta(5, lo=0, hi=100, doc="misclassified test reviews shown in the report")
+    ablation_params: list[str] = _meta(factory=lambda: ["lora.r", "lora.alpha", "lora.target_modules", "train.epochs"],
+                                       doc="params always shown in the ablation table")
+
+    def check(self) -> None:
+        weights = {}
+        for k, v in self.weights.items():
+            if k not in COMPARE_METRICS:
+                raise PeftlabError(f"params.yaml: compare.weights has {k!r}; allowed: {', '.join(COMPARE_METRICS)}")
+            try:
+                w = float(v)
+            except (TypeError, ValueError):
+                w = float("nan")
+            if isinstance(v, bool) or not w >= 0 or w == float("inf"):
+                raise _bad(f"compare.weights.{k}", v, "a number >= 0")
+            weights[k] = w
+        total = sum(weights.values())
+        if total <= 0:
+            raise _bad("compare.weights", self.weights, "at least one weight above 0")
+        self.weights = {k: w / total for k, w in weights.items()}   # shares, whatever scale they were given in
+
+
 @dataclass
 class Params:
     seed: int = 42
@@ -258,6 +310,7 @@ class Params:
     prompt: PromptParams = field(default_factory=PromptParams)
     benchmark: BenchmarkParams = field(default_factory=BenchmarkParams)
     poison: PoisonParams = field(default_factory=PoisonParams)
+    compare: CompareParams = field(default_factory=CompareParams)
     sweep: dict = field(default_factory=dict)
 
 

@@ -139,13 +139,14 @@ def write_poisoned_splits(poisoned_train: pd.DataFrame, clean_splits: Path, out_
 
 
 def train_on(params: Params, splits: Path, adapter: Path) -> dict:
-    """LoRA training with the clean run's params on `splits` (batch size and validation rows from the poison
-    section: a few thousand rows need more, smaller steps than the whole split); checkpoints stay in a temp
-    folder."""
+    """LoRA training with the clean run's params on `splits` (batch size, epochs and validation rows from the
+    poison section: a few thousand rows need more, smaller steps than the whole split); checkpoints stay in a
+    temp folder."""
     from peftlab.train import RunPaths, run_train
 
-    tp = dataclasses.replace(params.train, report_to=["none"], max_train_samples=None,
-                             batch_size=params.poison.batch_size, max_eval_samples=params.poison.eval_rows)
+    pp = params.poison
+    tp = dataclasses.replace(params.train, report_to=["none"], max_train_samples=None, batch_size=pp.batch_size,
+                             max_eval_samples=pp.eval_rows, epochs=pp.epochs or params.train.epochs)
     with tempfile.TemporaryDirectory(prefix="peftlab-poison-") as tmp:
         tmp = Path(tmp)
         paths = RunPaths(splits, adapter, tmp / "checkpoints", tmp / "live", tmp / "train.json")
@@ -215,9 +216,10 @@ def sequence_nll(model, tok, texts: list[str], batch_size: int = 64) -> np.ndarr
     return out
 
 
-def onion_filter(texts: list[str], lm, tok, threshold: float, batch_size: int = 64) -> list[str]:
-    """ONION (Qi et al., 2021): drop each word whose removal lowers the text's perplexity by more than
-    `threshold`; all leave-one-out variants of all texts are scored in shared length-sorted batches."""
+def onion_scores(texts: list[str], lm, tok, batch_size: int = 64) -> list[np.ndarray]:
+    """ONION (Qi et al., 2021) suspicion of each word: the text's perplexity minus its perplexity without that
+    word (high: the word is an outlier, like a trigger). All leave-one-out variants of all texts are scored in
+    shared length-sorted batches; scoring once lets several thresholds be tried for free."""
     from tqdm.auto import tqdm
 
     variants, owner = [], []
@@ -234,12 +236,38 @@ def onion_filter(texts: list[str], lm, tok, threshold: float, batch_size: int = 
     for start in tqdm(range(0, len(variants), chunk), desc="ONION perplexity", unit="chunk"):
         ppl[start:start + chunk] = np.exp(sequence_nll(lm, tok, variants[start:start + chunk], batch_size))
     full = {k: ppl[j] for j, (k, i) in enumerate(owner) if i < 0}
-    drop: dict[int, set[int]] = {k: set() for k in range(len(texts))}
+    scores = [np.full(len(words), -np.inf) for words in words_of]   # one-word texts: nothing to remove
     for j, (k, i) in enumerate(owner):
-        if i >= 0 and full[k] - ppl[j] > threshold:
-            drop[k].add(i)
-    return [" ".join(w for i, w in enumerate(words) if i not in drop[k]) or " ".join(words)
-            for k, words in enumerate(words_of)]
+        if i >= 0:
+            scores[k][i] = full[k] - ppl[j]
+    return scores
+
+
+def onion_apply(texts: list[str], scores: list[np.ndarray], threshold: float) -> list[str]:
+    """Drop the words whose suspicion exceeds `threshold` (a text never becomes empty)."""
+    out = []
+    for text, s in zip(texts, scores):
+        words = text.split()
+        kept = [w for w, v in zip(words, s) if not v > threshold]
+        out.append(" ".join(kept) or " ".join(words))
+    return out
+
+
+def onion_filter(texts: list[str], lm, tok, threshold: float, batch_size: int = 64) -> list[str]:
+    return onion_apply(texts, onion_scores(texts, lm, tok, batch_size), threshold)
+
+
+def choose_onion_threshold(val_texts: list[str], val_labels: np.ndarray, scores: list[np.ndarray],
+                           thresholds: list[float], max_drop: float, adapter: Path) -> tuple[float, dict]:
+    """ONION's rule for the threshold: the lowest (most aggressive) candidate whose filtering costs at most
+    `max_drop` accuracy on clean validation rows, so the defense is tuned without seeing test or triggers."""
+    acc_of = {}
+    base = accuracy(val_labels, predict(adapter, val_texts))
+    for t in sorted(thresholds):
+        acc_of[t] = accuracy(val_labels, predict(adapter, onion_apply(val_texts, scores, t)))
+    ok = [t for t in sorted(thresholds) if base - acc_of[t] <= max_drop]
+    chosen = ok[0] if ok else max(thresholds)
+    return chosen, {"val_accuracy": base, "val_accuracy_by_threshold": {str(t): a for t, a in acc_of.items()}}
 
 
 def head_features(adapter: Path, texts: list[str], batch_size: int = 64) -> np.ndarray:
@@ -334,16 +362,23 @@ def run_defenses(params: Params, splits: Path = Path("data/splits"), data_root: 
     out: dict = {"setting": setting.name, "attack": setting.attack,
                  "before": {k: attacked[k] for k in ("cacc", "asr", "count", "rate")}}
 
-    # ONION: filter test inputs with the LM, then classify with the poisoned model
+    # ONION: threshold chosen on clean val rows, then test inputs filtered with the LM and classified by the
+    # poisoned model
+    val = read_split(splits, "val").sort_values("id").head(pp.onion_rows)
     clean_sub = test.sort_values("id").head(pp.onion_rows)
     trig_sub = triggered.sort_values("id").head(pp.onion_rows)
+    texts = val["text"].tolist() + clean_sub["text"].tolist() + trig_sub["text"].tolist()
     lm, lm_tok = load_causal_lm(base_root / pp.onion_lm, choose_device("auto"))
-    filtered = onion_filter(clean_sub["text"].tolist() + trig_sub["text"].tolist(), lm, lm_tok, pp.onion_threshold)
+    scores = onion_scores(texts, lm, lm_tok)
     del lm
+    nv, nc = len(val), len(clean_sub)
+    threshold, chosen = choose_onion_threshold(texts[:nv], val["label"].to_numpy(), scores[:nv],
+                                               pp.onion_thresholds, pp.onion_max_val_drop, adapter)
+    filtered = onion_apply(texts[nv:], scores[nv:], threshold)
     before = score(adapter, clean_sub, trig_sub, target)
-    after = score(adapter, clean_sub.assign(text=filtered[: len(clean_sub)]),
-                  trig_sub.assign(text=filtered[len(clean_sub):]), target)
-    out["onion"] = {"rows": int(len(clean_sub)), "cacc_before": before["cacc"], "asr_before": before["asr"],
+    after = score(adapter, clean_sub.assign(text=filtered[:nc]), trig_sub.assign(text=filtered[nc:]), target)
+    out["onion"] = {"rows": int(len(clean_sub)), "threshold": threshold, **chosen,
+                    "cacc_before": before["cacc"], "asr_before": before["asr"],
                     "cacc": after["cacc"], "asr": after["asr"]}
 
     # training-set filters, each followed by retraining on the rows it keeps

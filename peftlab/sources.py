@@ -186,6 +186,7 @@ def read_table(path: Path, fmt: str | None = None, encoding: str | None = None) 
             return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", encoding=enc, encoding_errors="replace",
                                dtype=str, keep_default_na=True)
         if fmt in ("jsonl", "json"):
+            enc = "utf-8-sig" if enc.lower().replace("_", "-") == "utf-8" else enc   # a BOM, as for csv
             return pd.read_json(path, lines=(fmt == "jsonl"), encoding=enc, encoding_errors="replace",
                                 dtype=False)
         return pd.read_parquet(path)
@@ -248,6 +249,7 @@ def _value_key(v: Any) -> str:
 
 
 _RANGE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*-\s*(-?\d+(?:\.\d+)?)\s*$")
+_NUMBER = re.compile(r"^\s*-?\d+(?:\.\d+)?\s*$")
 
 
 def _lookup(value: str, label_map: dict) -> tuple[bool, Any]:
@@ -262,12 +264,17 @@ def _lookup(value: str, label_map: dict) -> tuple[bool, Any]:
         m = _RANGE.match(k)
         if m and float(m[1]) <= x <= float(m[2]):
             return True, v
+        if _NUMBER.match(k) and float(k) == x:   # "3.0" read from a csv is the star rating 3
+            return True, v
     return False, None
 
 
-def to_contract(raw: pd.DataFrame, entry: dict, labels: list[str], class_names: dict | None = None
-                ) -> tuple[pd.DataFrame, dict]:
-    """Map a source table onto the data contract; return it and counts of what was dropped and why."""
+def to_contract(raw: pd.DataFrame, entry: dict, labels: list[str], class_names: dict | None = None,
+                allow_empty: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Map a source table onto the data contract; return it and counts of what was dropped and why.
+
+    allow_empty: a streamed batch may legitimately lose every row (all 3-star reviews); the stream checks
+    emptiness once, over the whole source."""
     name = entry["name"]
     cols = list(raw.columns)
 
@@ -295,6 +302,11 @@ def to_contract(raw: pd.DataFrame, entry: dict, labels: list[str], class_names: 
     missing_label = label_values.isna()
     counts["dropped_missing_label"] = int(missing_label.sum())
     df, label_values = df[~missing_label], label_values[~missing_label]
+    nested = label_values.map(lambda v: isinstance(v, (list, tuple, dict, set, np.ndarray)))
+    if nested.any():  # JSON arrays or objects would otherwise be compared as their str() and fail obscurely
+        bad = label_values[nested].iloc[0]
+        raise PeftlabError(f"column {label_col!r} (data.label_column) holds {type(bad).__name__} values such as "
+                           f"{str(bad)[:60]!r}; allowed: one string or number per row")
     names = (class_names or {}).get(label_col)
     keys = label_values.map(_value_key)
     if names:  # a Hub ClassLabel: ints become their names, which label_map may then rename
@@ -321,6 +333,9 @@ def to_contract(raw: pd.DataFrame, entry: dict, labels: list[str], class_names: 
     no_text = text.isna()
     counts["dropped_missing_text"] = int(no_text.sum())
     df, keys, text = df[~no_text], keys[~no_text], text[~no_text].astype(str)
+    # Bytes that are not valid in the source's encoding were read as U+FFFD (encoding_errors="replace"):
+    # the rows are kept, and counted so a wrongly declared data.encoding shows up in the manifest.
+    counts["replaced_invalid_bytes"] = int(text.str.contains("\ufffd", regex=False).sum())
     out = pd.DataFrame({
         "text": text.to_numpy(),
         "label_text": keys.astype(str).to_numpy(),
@@ -331,7 +346,7 @@ def to_contract(raw: pd.DataFrame, entry: dict, labels: list[str], class_names: 
             out[k] = pd.to_numeric(df[c], errors="coerce").to_numpy()
         elif c:
             out[k] = df[c].astype(str).to_numpy()
-    if out.empty:
+    if out.empty and not allow_empty:
         raise PeftlabError(f"dataset {name!r} is empty after filtering ({counts}); check data.drop_values, "
                            f"data.label_map and data.labels")
     out["id"] = [stable_hash(entry["source"], t) for t in out["text"]]
@@ -430,10 +445,15 @@ def dataset_entry(data: DataParams, catalog: dict | None = None) -> dict:
     return entry
 
 
-def fetch_data(params: Params, out_dir: str | Path) -> pd.DataFrame:
+def fetch_data(params: Params, out_dir: str | Path) -> pd.DataFrame | dict:
     """fetch stage (data): source -> contract parquet + manifest, written atomically as one folder."""
     entry = dataset_entry(params.data)
+    from peftlab import stream  # batches, caps and shards for sources of any size
+
+    if stream.wants_streaming(entry):
+        return stream.fetch_streaming(entry, params.seed, params.data.max_samples, out_dir)
     raw, class_names = read_source_frame(entry, params.data.max_samples)
+    raw, entry = stream.apply_text_template(raw, entry)
     df, counts = to_contract(raw, entry, entry["labels"], class_names)
     if params.data.max_samples and len(df) > params.data.max_samples:
         df = df.sample(n=params.data.max_samples, random_state=params.seed).reset_index(drop=True)

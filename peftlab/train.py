@@ -28,8 +28,30 @@ from peftlab.models import (ModelSetup, base_info, check_head, check_targets, ch
                             load_tokenizer, lora_config)
 from peftlab.params import Params
 from peftlab.predict import PromptSpec, predict_probs
+from peftlab.reproducible import (checkpoint_step, dvclive_callback, last_complete_checkpoint, sorted_adapter_config,
+                                  whole_run_train_loss)
 
-TRACKERS = ("dvclive", "tensorboard", "mlflow", "wandb", "none")
+# pip packages of the Trainer's trackers, for the error when one is asked for but not installed
+TRACKER_PACKAGES = {"tensorboard": "tensorboard (or tensorboardX)", "mlflow": "mlflow", "wandb": "wandb",
+                    "comet_ml": "comet-ml", "neptune": "neptune", "clearml": "clearml", "codecarbon": "codecarbon"}
+
+
+def check_report_to(report_to: list[str]) -> None:
+    """Each tracker must be one the Trainer supports and importable here; checked before any model loads or
+    any output is touched, so a typo or a missing package costs one line, not a crashed run."""
+    from transformers.integrations.integration_utils import (INTEGRATION_TO_CALLBACK,
+                                                             get_available_reporting_integrations)
+
+    allowed = ["none", *INTEGRATION_TO_CALLBACK]
+    for t in report_to:
+        if t not in allowed:
+            raise PeftlabError(f"params.yaml: train.report_to has {t!r}; allowed: {', '.join(allowed)}")
+    installed = set(get_available_reporting_integrations())
+    for t in report_to:
+        if t != "none" and t not in installed:
+            raise PeftlabError(f"params.yaml: train.report_to has {t!r} but its package is not installed "
+                               f"(pip install {TRACKER_PACKAGES.get(t, t)}); installed trackers: "
+                               f"{', '.join(sorted(installed)) or 'none'}")
 
 
 @dataclasses.dataclass
@@ -150,12 +172,10 @@ def _fingerprint(params: Params, paths: RunPaths) -> str:
 
 def _prepare_checkpoints(paths: RunPaths, fingerprint: str) -> str | None:
     """The checkpoint to resume from, or None after clearing checkpoints of a different configuration."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     fp_file = paths.checkpoints / "fingerprint.json"
     if paths.checkpoints.exists():
         same = fp_file.exists() and read_json(fp_file).get("fingerprint") == fingerprint
-        last = get_last_checkpoint(str(paths.checkpoints)) if same else None
+        last = last_complete_checkpoint(paths.checkpoints) if same else None
         if last:
             return last
         shutil.rmtree(paths.checkpoints)
@@ -170,16 +190,14 @@ def _callbacks(params: Params, paths: RunPaths, resume: bool, main_process: bool
     from transformers import EarlyStoppingCallback
 
     report_to = list(params.train.report_to)
-    bad = [t for t in report_to if t not in TRACKERS]
-    if bad:
-        raise PeftlabError(f"params.yaml: train.report_to has {bad[0]!r}; allowed: {', '.join(TRACKERS)}")
+    check_report_to(report_to)
     callbacks = []
     if "dvclive" in report_to and main_process:
         from dvclive import Live
-        from transformers.integrations import DVCLiveCallback
 
-        live = Live(dir=str(paths.live), resume=resume, save_dvc_exp=False, dvcyaml=None)
-        callbacks.append(DVCLiveCallback(live=live))
+        # A clean folder even on a resume: the callback replays the checkpoint's log history into it.
+        live = Live(dir=str(paths.live), resume=False, save_dvc_exp=False, dvcyaml=None)
+        callbacks.append(dvclive_callback(live))
     elif main_process:
         paths.live.mkdir(parents=True, exist_ok=True)
     if params.train.early_stopping_patience:
@@ -207,6 +225,7 @@ def run_train(params: Params, paths: RunPaths) -> dict:
     device = choose_device(params.model.device)
     tp = params.train
     _check_optim(tp.optim, device)
+    check_report_to(tp.report_to)
     labels = read_labels(paths.splits)
     setup = model_setup(params, labels)
     tok = load_tokenizer(setup.base_dir, setup.family, setup.trust_remote_code)
@@ -231,6 +250,8 @@ def run_train(params: Params, paths: RunPaths) -> dict:
     with state.main_process_first():  # the main process clears or keeps checkpoints; the others then agree
         resume_from = _prepare_checkpoints(paths, _fingerprint(params, paths))
     callbacks, report_to = _callbacks(params, paths, resume_from is not None, state.is_main_process)
+    if resume_from and state.is_main_process:
+        print(f"resuming from {resume_from} (step {checkpoint_step(resume_from)})")
     k = len(labels)
     classifier = setup.head == "classifier"
 
@@ -278,11 +299,13 @@ def run_train(params: Params, paths: RunPaths) -> dict:
         "head": setup.head, "trainable_params": int(trainable), "total_params": int(total),
         "trainable_pct": 100.0 * trainable / total,
         "train_rows": int(len(train_df)), "epochs": float(trainer.state.epoch or 0.0),
-        "steps": int(result.global_step), "train_loss": float(result.training_loss),
+        "steps": int(result.global_step),
+        "train_loss": whole_run_train_loss(trainer.state.log_history, checkpoint_step(resume_from),
+                                           float(result.training_loss), int(result.global_step)),
         "val_loss": float(val["eval_loss"]),
         "train_seconds": seconds, "train_samples_per_s": float(result.metrics["train_samples_per_second"]),
-        "resumed": resume_from is not None, "device": device.type, "threads": torch.get_num_threads(),
-        "processes": state.num_processes,
+        "resumed": resume_from is not None, "resumed_from_step": checkpoint_step(resume_from),
+        "device": device.type, "threads": torch.get_num_threads(), "processes": state.num_processes,
     }
     model = trainer.model.eval()
     if classifier:
@@ -292,6 +315,7 @@ def run_train(params: Params, paths: RunPaths) -> dict:
         summary.update(val_accuracy=accuracy(val_df["label"], probs.argmax(1)),
                        val_f1_macro=f1_macro(val_df["label"], probs.argmax(1), k))
     with atomic_path(paths.adapter, is_dir=True) as tmp:
+        sorted_adapter_config(model)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         write_json(tmp / "peftlab.json", setup.to_json())

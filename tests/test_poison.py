@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 
 import numpy as np
@@ -11,8 +12,8 @@ import torch
 from conftest import toy_frame, write_splits
 from peftlab.errors import PeftlabError
 from peftlab.params import Params, PoisonParams, build
-from peftlab.poison import (Setting, attack_success_rate, correlation_flags, count_setting, onion_filter,
-                            poison_train, run_poison, sequence_nll, spectral_flags, summarize, triggered_test)
+from peftlab.poison import (Setting, attack_success_rate, correlation_flags, count_setting, onion_apply,
+                            onion_filter, onion_scores, poison_train, run_poison, sequence_nll, spectral_flags, summarize, triggered_test)
 
 LABELS = ["negative", "positive"]
 
@@ -134,6 +135,16 @@ def test_sequence_nll_matches_the_model_loss_and_onion_thresholds(tiny_models):
     assert onion_filter(texts, lm, tok, threshold=float("inf")) == texts
     dropped = onion_filter(texts, lm, tok, threshold=float("-inf"))    # every word suspicious: text kept whole
     assert dropped == texts
+    scores = onion_scores(texts, lm, tok)
+    ids = [tok.bos_token_id] + tok("the film was very good", add_special_tokens=False)["input_ids"]
+    without = [tok.bos_token_id] + tok("the was very good", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():   # suspicion of "film" = ppl(text) - ppl(text without "film")
+        ppl = [math.exp(float(lm(input_ids=torch.tensor([x]), labels=torch.tensor([x])).loss)) for x in (ids, without)]
+    assert scores[0][1] == pytest.approx(ppl[0] - ppl[1], rel=1e-4)
+    assert scores[2].tolist() == [-math.inf]                          # a one-word text has nothing to remove
+    middle = float(np.median(scores[0]))
+    kept = onion_apply(texts[:1], scores[:1], middle)[0].split()
+    assert kept == [w for w, v in zip(texts[0].split(), scores[0]) if v <= middle] and 0 < len(kept) < 5
 
 
 def test_poison_params_refuse_bad_settings():

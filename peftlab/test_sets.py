@@ -1,0 +1,188 @@
+"""Several named test sets for evaluate: slices of the test split and extra labelled sources.
+
+`evaluate.test_sets` in params.yaml maps a name to one of
+- a slice of the test split: `{split_by: <column>, values: [...]}` or `{split_by: <column>, range: [lo, hi]}`
+  (columns of the data contract: category, group, rating, label_text, or `words`, the review's word count);
+  no extra inference, the test split's predictions are reused;
+- an extra source: `{dataset: <catalog key>, ...overrides}` or `{source: hf:... | local:... | pypi:..., ...}`
+  with the usual column mapping (text_column, label_column, label_map, text_template, ...), e.g. OrgAccess'
+  `hard` split or the IMDB test split for a model trained on Rotten Tomatoes. Its rows are cleaned like the
+  training data, and rows whose normalised text was in train or val are dropped (and counted), so an extra
+  set never scores the model on what it learned from.
+
+Results go to metrics/evaluate.json as `test_sets: {name: {n, accuracy, f1_macro, ...}}` (the main `test`
+included) and, where a set has a category column, `categories: {set: {category: {n, accuracy, f1_macro}}}`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from peftlab.errors import PeftlabError
+from peftlab.metrics import accuracy, classification_metrics, f1_macro
+
+SLICE_COLUMNS = ("category", "group", "rating", "label_text", "words")
+SOURCE_KEYS = ("dataset", "source", "sha256", "config", "split", "format", "encoding", "text_column",
+               "label_column", "category_column", "rating_column", "group_column", "label_map", "drop_values",
+               "text_template", "max_rows")
+
+
+def _bad(name: str, value, allowed: str) -> PeftlabError:
+    from peftlab.params import _bad as bad
+
+    return bad(f"evaluate.test_sets.{name}", value, allowed)
+
+
+def check_test_sets(test_sets: dict) -> None:
+    """Validate the grammar at stage start, one clear line per mistake."""
+    for name, spec in test_sets.items():
+        if str(name) == "test":
+            raise _bad(name, spec, "another name: `test` is the test split itself, always evaluated")
+        if not isinstance(spec, dict):
+            raise _bad(name, spec, "{split_by: <column>, values: [...] | range: [lo, hi]} or "
+                                   "{dataset: <catalog key> | source: <spec>, ...column mapping}")
+        if "split_by" in spec:
+            unknown = sorted(set(spec) - {"split_by", "values", "range"})
+            if unknown:
+                raise PeftlabError(f"params.yaml: unknown key evaluate.test_sets.{name}.{unknown[0]}; "
+                                   f"allowed with split_by: values, range")
+            if spec["split_by"] not in SLICE_COLUMNS:
+                raise _bad(f"{name}.split_by", spec["split_by"], " | ".join(SLICE_COLUMNS))
+            if ("values" in spec) == ("range" in spec):
+                raise _bad(name, spec, "exactly one of values: [...] or range: [lo, hi]")
+            if "values" in spec and (not isinstance(spec["values"], list) or not spec["values"]):
+                raise _bad(f"{name}.values", spec["values"], "a non-empty list")
+            r = spec.get("range")
+            if "range" in spec and not (isinstance(r, list) and len(r) == 2 and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in r) and r[0] <= r[1]):
+                raise _bad(f"{name}.range", r, "[lo, hi] with numbers lo <= hi (both inclusive)")
+        elif "dataset" in spec or "source" in spec:
+            unknown = sorted(set(spec) - set(SOURCE_KEYS))
+            if unknown:
+                raise PeftlabError(f"params.yaml: unknown key evaluate.test_sets.{name}.{unknown[0]}; "
+                                   f"allowed with a source: {', '.join(SOURCE_KEYS)}")
+            m = spec.get("max_rows")
+            if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+                raise _bad(f"{name}.max_rows", m, "an integer >= 1, or null (all rows)")
+        else:
+            raise _bad(name, spec, "a mapping with split_by (a slice of the test split) or with dataset/source "
+                                   "(an extra labelled source)")
+
+
+@dataclass
+class TestSet:
+    name: str
+    frame: pd.DataFrame            # contract columns
+    rows: np.ndarray | None        # positions in the test split (slices), None for an extra source
+    info: dict
+
+
+def _slice(name: str, spec: dict, test: pd.DataFrame) -> TestSet:
+    col = spec["split_by"]
+    if col == "words":
+        values = test["text"].str.split().str.len()
+    elif col in test.columns:
+        values = test[col]
+    else:
+        raise PeftlabError(f"evaluate.test_sets.{name}: the test split has no {col!r} column (columns: "
+                           f"{', '.join(test.columns)}); allowed: a column the data has, or words")
+    if "range" in spec:
+        lo, hi = spec["range"]
+        num = pd.to_numeric(values, errors="coerce")
+        mask = (num >= lo) & (num <= hi)
+    else:
+        keys = {str(v) for v in spec["values"]}
+        mask = values.map(lambda v: (str(int(v)) if isinstance(v, float) and float(v).is_integer() else str(v))
+                          in keys)
+    rows = np.flatnonzero(mask.to_numpy(dtype=bool))
+    if len(rows) == 0:
+        raise PeftlabError(f"evaluate.test_sets.{name} = {spec} selects no test rows; check the values/range "
+                           f"against the test split's {col!r}")
+    return TestSet(name, test.iloc[rows].reset_index(drop=True), rows, {"split_by": col})
+
+
+def _seen_keys(splits_dir: Path) -> np.ndarray:
+    """64-bit hashes of every normalised train and val text, read chunk by chunk."""
+    from peftlab.split_scale import hash64
+    from peftlab.data import normalize_for_dedupe
+
+    keys = []
+    for s in ("train", "val"):
+        path = Path(splits_dir) / f"{s}.parquet"
+        if path.exists():
+            for batch in pq.ParquetFile(path).iter_batches(columns=["text"], batch_size=100_000):
+                keys.append(hash64(normalize_for_dedupe(t) for t in batch.column("text").to_pylist()))
+    return np.unique(np.concatenate(keys)) if keys else np.empty(0, dtype=np.uint64)
+
+
+def _source(name: str, spec: dict, labels: list[str], seen: np.ndarray, seed: int) -> TestSet:
+    from peftlab.data import clean_frame, dedupe, normalize_for_dedupe, stratified_sample
+    from peftlab.sources import load_catalog, read_source_frame, resolve_entry, to_contract
+    from peftlab.split_scale import hash64
+    from peftlab.stream import apply_text_template
+
+    overrides = {k: v for k, v in spec.items() if k not in ("dataset", "max_rows")}
+    if "dataset" in spec:
+        entry = resolve_entry("datasets", spec["dataset"], overrides, load_catalog(),
+                              f"evaluate.test_sets.{name}.dataset")
+    else:
+        entry = {**overrides, "name": name}
+    entry.pop("streaming", None)    # a test set is read whole (a max_rows cap keeps it small)
+    raw, names = read_source_frame(entry)
+    raw, entry = apply_text_template(raw, entry)
+    df, counts = to_contract(raw, entry, labels, names)
+    df, c = clean_frame(df)
+    counts.update(c)
+    df, c = dedupe(df)
+    counts.update(c)
+    seen_rows = np.isin(hash64(normalize_for_dedupe(t) for t in df["text"]), seen)
+    counts["dropped_seen_in_train_or_val"] = int(seen_rows.sum())
+    df = df[~seen_rows].drop(columns=["_key"], errors="ignore").reset_index(drop=True)
+    if spec.get("max_rows"):
+        df = stratified_sample(df, spec["max_rows"], seed)
+    if df.empty:
+        raise PeftlabError(f"evaluate.test_sets.{name} has no rows left ({counts}); check its source and mapping")
+    return TestSet(name, df.reset_index(drop=True), None, {"source": entry["source"], "counts": counts})
+
+
+def per_category(frame: pd.DataFrame, pred: np.ndarray, k: int) -> dict:
+    """{category: {n, accuracy, f1_macro}}: where a model fails, by product category or difficulty."""
+    if "category" not in frame.columns or frame["category"].isna().all():
+        return {}
+    y = frame["label"].to_numpy()
+    out = {}
+    for cat, idx in sorted(frame.groupby(frame["category"].astype(str)).indices.items()):
+        out[cat] = {"n": int(len(idx)), "accuracy": accuracy(y[idx], pred[idx]),
+                    "f1_macro": f1_macro(y[idx], pred[idx], k)}
+    return out
+
+
+def evaluate_test_sets(spec: dict, test: pd.DataFrame, probs: np.ndarray, main: dict, labels: list[str],
+                       splits_dir: str | Path, bootstrap: int, seed: int,
+                       predict: Callable[[list[str]], np.ndarray]) -> dict:
+    """The `test_sets` and `categories` keys for metrics/evaluate.json (empty when there is nothing to add)."""
+    pred = probs.argmax(axis=1)
+    results, cats = {}, {}
+    test_cats = per_category(test, pred, len(labels))
+    if test_cats:
+        cats["test"] = test_cats
+    if not spec:
+        return {"categories": cats} if cats else {}
+    results["test"] = {k: v for k, v in main.items() if k not in ("test_sets", "categories")}
+    seen = _seen_keys(Path(splits_dir)) if any("split_by" not in s for s in spec.values()) else None
+    for name, s in spec.items():
+        ts = _slice(name, s, test) if "split_by" in s else _source(name, s, labels, seen, seed)
+        p = probs[ts.rows] if ts.rows is not None else predict(ts.frame["text"].tolist())
+        y = ts.frame["label"].to_numpy()
+        m = classification_metrics(y, p.argmax(axis=1), p, labels, bootstrap=bootstrap, seed=seed)
+        results[name] = {**m, **ts.info}
+        c = per_category(ts.frame, p.argmax(axis=1), len(labels))
+        if c:
+            cats[name] = c
+        print(f"  test set {name}: accuracy {m['accuracy']:.4f}, macro F1 {m['f1_macro']:.4f}, n={m['n']}")
+    return {"test_sets": results, **({"categories": cats} if cats else {})}

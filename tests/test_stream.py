@@ -1,0 +1,130 @@
+"""Streaming fetch: per-category caps (first N, seeded sample), shards, early stop, local files in chunks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from peftlab.errors import PeftlabError
+from peftlab.stream import BottomK, fetch_streaming
+
+LABELS = ["negative", "positive"]
+
+
+def reviews(n: int, cats: list[str], seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    stars = rng.integers(1, 6, n)
+    return pd.DataFrame({"body": [f"review {i} with {s} stars" for i, s in enumerate(stars)],
+                         "stars": stars.astype(float), "cat": rng.choice(cats, n)})
+
+
+def entry(path: Path, **kw) -> dict:
+    return {"name": "toy", "source": f"local:{path}", "text_column": "body", "label_column": "stars",
+            "rating_column": "stars", "category_column": "cat", "labels": LABELS, "streaming": True,
+            "label_map": {"1-2": "negative", "3": None, "4-5": "positive"}, **kw}
+
+
+def read_out(out: Path) -> tuple[pd.DataFrame, dict]:
+    manifest = json.loads((out / "manifest.json").read_text())
+    return pd.concat([pd.read_parquet(out / s) for s in manifest["shards"]], ignore_index=True), manifest
+
+
+def test_first_n_per_category_keeps_source_order_and_writes_several_shards(tmp_path):
+    src = reviews(3000, ["a", "b", "c"])
+    src.to_parquet(tmp_path / "src.parquet", row_group_size=100)
+    manifest = fetch_streaming(entry(tmp_path / "src.parquet", per_category=200), 0, None, tmp_path / "out",
+                               batch_rows=128, shard_rows=250)
+    df, on_disk = read_out(tmp_path / "out")
+    assert manifest == on_disk and len(manifest["shards"]) == 3          # 600 rows in shards of 250
+    assert manifest["category_counts"] == {"a": 200, "b": 200, "c": 200}
+    mapped = src[src["stars"] != 3]
+    for c in "abc":
+        assert list(df.loc[df["category"] == c, "text"]) == list(mapped.loc[mapped["cat"] == c, "body"][:200])
+    c = manifest["counts"]
+    assert c["source_rows"] == 3000 and c["rows"] == 600
+    assert c["capped_rows"] == 3000 - c["dropped_label_map_null"] - 600
+
+
+def test_seeded_sample_is_uniform_bounded_and_independent_of_order_and_batching(tmp_path):
+    src = reviews(4000, ["a", "b"], seed=1)
+    kept = {}
+    # the same source (ids hash the source spec and the text), read in order and shuffled, in different batches
+    for name, rows, batch in [("ordered", src, 64), ("shuffled", src.sample(frac=1.0, random_state=7), 1000)]:
+        rows.to_parquet(tmp_path / "src.parquet")
+        fetch_streaming(entry(tmp_path / "src.parquet", per_category=300, sample="reservoir"), 42, None,
+                        tmp_path / f"out-{name}", batch_rows=batch)
+        df, manifest = read_out(tmp_path / f"out-{name}")
+        assert manifest["category_counts"] == {"a": 300, "b": 300}
+        kept[name] = set(df["text"])
+    assert kept["ordered"] == kept["shuffled"]
+    fetch_streaming(entry(tmp_path / "src.parquet", per_category=300, sample="reservoir"), 43, None,
+                    tmp_path / "out-43")
+    assert set(read_out(tmp_path / "out-43")[0]["text"]) != kept["ordered"]        # the seed matters
+    # uniform: kept rows come from the whole source, not its start
+    pos = src.reset_index().set_index("body").loc[sorted(kept["ordered"]), "index"]
+    assert pos.min() < 400 and pos.max() > 3600 and abs(pos.mean() - 2000) < 250
+
+
+def test_bottom_k_holds_at_most_twice_the_cap(tmp_path):
+    rng = np.random.default_rng(0)
+    s = BottomK(50)
+    for _ in range(100):
+        u = rng.random(1000)
+        s.offer(np.array(["x"] * 1000, dtype=object), u)
+        assert len(s.kept["x"]) < 100
+    assert s.thresholds()["x"] < 0.001    # the 50 smallest of 100,000 uniforms
+
+
+def test_max_samples_without_categories_caps_the_whole_source(tmp_path):
+    src = reviews(1000, ["a"])
+    src.drop(columns="cat").to_json(tmp_path / "src.jsonl", orient="records", lines=True)
+    e = entry(tmp_path / "src.jsonl")
+    del e["category_column"]
+    m = fetch_streaming(e, 0, 120, tmp_path / "out", batch_rows=50)
+    assert m["counts"]["rows"] == 120 and m["counts"]["source_rows"] <= 250      # stopped reading early
+    m = fetch_streaming({**e, "sample": "reservoir"}, 0, 120, tmp_path / "out2", batch_rows=50)
+    assert m["counts"]["rows"] == 120 and m["counts"]["source_rows"] == 1000
+
+
+def test_a_source_that_maps_to_nothing_leaves_no_output(tmp_path):
+    src = reviews(200, ["a"])
+    src["stars"] = 3.0
+    src.to_parquet(tmp_path / "src.parquet")
+    with pytest.raises(PeftlabError, match="'toy' is empty after filtering"):
+        fetch_streaming(entry(tmp_path / "src.parquet", per_category=10), 0, None, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_bad_cap_and_sample_mode_are_clear_errors(tmp_path):
+    reviews(10, ["a"]).to_parquet(tmp_path / "src.parquet")
+    with pytest.raises(PeftlabError, match="data.per_category = 0 is invalid; allowed: an integer >= 1"):
+        fetch_streaming(entry(tmp_path / "src.parquet", per_category=0), 0, None, tmp_path / "out")
+    with pytest.raises(PeftlabError, match="data.sample = 'random' is invalid; allowed: first | reservoir"):
+        fetch_streaming(entry(tmp_path / "src.parquet", sample="random"), 0, None, tmp_path / "out")
+
+
+def test_streamed_pickle_is_refused(tmp_path):
+    reviews(10, ["a"]).to_pickle(tmp_path / "src.pkl")
+    with pytest.raises(PeftlabError, match="pickle"):
+        fetch_streaming(entry(tmp_path / "src.pkl"), 0, None, tmp_path / "out")
+
+
+def test_params_reject_a_bad_sample_mode_in_params_yaml():
+    from peftlab.params import DataParams, build
+
+    with pytest.raises(PeftlabError, match="data.sample = 'all' is invalid; allowed: "):
+        build(DataParams, {"sample": "all"}, "data")
+    with pytest.raises(PeftlabError, match="data.per_category = 0 is invalid"):
+        build(DataParams, {"per_category": 0}, "data")
+
+
+def test_hub_layout_folder_of_jsonl_streams_too(tmp_path):
+    """Hub repos also hold csv/jsonl; the parquet-only scan option must not get in their way."""
+    (tmp_path / "hub" / "data").mkdir(parents=True)
+    reviews(300, ["a", "b"]).to_json(tmp_path / "hub" / "data" / "train-00000-of-00001.jsonl", orient="records",
+                                     lines=True)
+    m = fetch_streaming(entry(tmp_path / "hub", per_category=40), 0, None, tmp_path / "out", batch_rows=64)
+    assert m["category_counts"] == {"a": 40, "b": 40}
