@@ -63,15 +63,20 @@ def commit(proj: Path, message: str) -> None:
     run(["git", "commit", "-qm", message, "--allow-empty"], proj)
 
 
-def make_project(dest: Path, rows: int = 240, params: dict | None = None) -> Path:
-    """The repo's code and pipeline, toy inputs, PARAMS (plus `params`) on top of params.yaml; committed."""
+def copy_repo_files(dest: Path, skip: tuple[str, ...]) -> None:
+    """This repo's tracked and untracked-unignored files (what a commit would hold) minus the `skip` prefixes."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.splitlines()
     for f in files:
-        if f.startswith(SKIP) or not (REPO / f).is_file():
+        if f.startswith(skip) or not (REPO / f).is_file():
             continue
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / f, dest / f)
+
+
+def make_project(dest: Path, rows: int = 240, params: dict | None = None) -> Path:
+    """The repo's code and pipeline, toy inputs, PARAMS (plus `params`) on top of params.yaml; committed."""
+    copy_repo_files(dest, SKIP)
     inputs = dest / "inputs"
     build_tiny_model(inputs / "tiny-bert", "encoder", "tiny-bert")
     df = toy_frame(rows, seed=3)
