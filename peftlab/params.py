@@ -218,7 +218,7 @@ class PoisonParams:
                                                                     "clean val accuracy is used")
     spectral_eps: float = _meta(0.1, lo=0.0, hi=0.5, lo_open=True, doc="assumed upper bound of the poison rate")
     correlation_min_count: int = _meta(5, lo=2, doc="a token needs this many training rows to be tested")
-    correlation_max_df: float = _meta(0.01, lo=0.0, hi=1.0, lo_open=True, doc="rare: in at most this share of rows")
+    correlation_max_df: float = _meta(0.05, lo=0.0, hi=1.0, lo_open=True, doc="rare: in at most this share of rows")
     correlation_alpha: float = _meta(0.01, lo=0.0, hi=1.0, lo_open=True, hi_open=True,
                                      doc="binomial test level, Bonferroni-corrected over the tested tokens")
 
