@@ -101,19 +101,11 @@ def table(methods: list[Method]) -> pd.DataFrame:
     return pd.DataFrame(rows).astype({"n": "Int64", "unparsed": "Int64"}) if rows else pd.DataFrame()
 
 
-def composite(df: pd.DataFrame, weights: dict[str, float], missing: str = "renormalize") -> pd.DataFrame:
-    """Add `score` (0-1), `coverage` (share of the weight the row has metrics for) and `rank`.
-
-    Each weighted metric is min-max normalised over the ranked rows that have it (1 = best; lower-is-better
-    metrics flipped; a metric equal everywhere gives 1). A row without a metric (baselines that were never
-    benchmarked have no latency) is, by `missing`:
-      renormalize: scored on the weights it has (score = sum w*x / sum of its w); `coverage` < 1 marks it;
-      worst:       given 0 for that metric (as if it were the slowest);
-      exclude:     not ranked.
-    Poisoned models are listed but never ranked: they are attacks, not candidates.
-    """
-    df = df.copy()
-    ranked = df["kind"].isin(RANKED_KINDS)
+def weighted_score(df: pd.DataFrame, weights: dict[str, float], missing: str = "renormalize",
+                   ranked: pd.Series | None = None) -> tuple[pd.Series, pd.Series]:
+    """(score, coverage) of each row by the rule `composite` documents, over the `ranked` rows (default: all);
+    the dashboard reuses it so its live leaderboard and this stage rank alike."""
+    ranked = pd.Series(True, index=df.index) if ranked is None else ranked
     total = sum(weights.values())
     num = pd.Series(0.0, index=df.index)
     have = pd.Series(0.0, index=df.index)
@@ -129,14 +121,30 @@ def composite(df: pd.DataFrame, weights: dict[str, float], missing: str = "renor
         present = col.notna() & ranked
         num += np.where(present, w * norm, 0.0)
         have += np.where(present, w, 0.0)
-    df["coverage"] = np.where(ranked, have / total, np.nan)
+    coverage = pd.Series(np.where(ranked, have / total, np.nan), index=df.index)
     if missing == "renormalize":
         score = num / have.replace(0, np.nan)
     elif missing == "worst":
         score = num / total
     else:
         score = (num / total).where(have >= total - 1e-12)
-    df["score"] = score.where(ranked)
+    return score.where(ranked), coverage
+
+
+def composite(df: pd.DataFrame, weights: dict[str, float], missing: str = "renormalize") -> pd.DataFrame:
+    """Add `score` (0-1), `coverage` (share of the weight the row has metrics for) and `rank`.
+
+    Each weighted metric is min-max normalised over the ranked rows that have it (1 = best; lower-is-better
+    metrics flipped; a metric equal everywhere gives 1). A row without a metric (baselines that were never
+    benchmarked have no latency) is, by `missing`:
+      renormalize: scored on the weights it has (score = sum w*x / sum of its w); `coverage` < 1 marks it;
+      worst:       given 0 for that metric (as if it were the slowest);
+      exclude:     not ranked.
+    Poisoned models are listed but never ranked: they are attacks, not candidates.
+    """
+    df = df.copy()
+    ranked = df["kind"].isin(RANKED_KINDS)
+    df["score"], df["coverage"] = weighted_score(df, weights, missing, ranked)
     df["rank"] = df["score"].rank(ascending=False, method="min").astype("Int64")
     return df.sort_values(["rank", "accuracy"], ascending=[True, False], na_position="last").reset_index(drop=True)
 

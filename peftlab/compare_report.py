@@ -16,17 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from peftlab.errors import PeftlabError
-from peftlab.report import escape_latex as _escape_latex
-from peftlab.report import escape_md
+from peftlab.report import escape_latex, escape_md
 
 DASH = "–"
-
-
-def escape_latex(text) -> str:
-    """peftlab.report's escaper, plus < > | (not special to LaTeX, but without T1 fonts `<` prints as an
-    inverted `!`). Kept here: editing peftlab/report.py would make every stage that depends on it stale."""
-    return (_escape_latex(text).replace("<", r"\textless{}").replace(">", r"\textgreater{}")
-            .replace("|", r"\textbar{}"))
 
 
 @dataclass

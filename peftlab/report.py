@@ -19,7 +19,9 @@ import pandas as pd  # noqa: E402
 from peftlab.io import atomic_path, write_text  # noqa: E402
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  # not special to LaTeX, but without T1 fonts `<` prints as an inverted `!`
+                  "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
 _LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX_SPECIAL))
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|>~])")
 

@@ -15,10 +15,12 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-# The composite score's default weights (the compare stage's defaults, issue 7): higher is better for each
-# normalised metric; latency is inverted before weighting.
-DEFAULT_WEIGHTS = {"accuracy": 0.3, "f1_macro": 0.3, "samples_per_s": 0.2, "latency_ms_p50": 0.2}
-LOWER_IS_BETTER = {"latency_ms_p50", "latency_ms_p99", "peak_mem_mb"}
+from peftlab.compare import LOWER_IS_BETTER, weighted_score  # LOWER_IS_BETTER: the app's default sort order
+from peftlab.params import CompareParams
+
+# The composite score is the compare stage's (same rule, same default weights), computed live from metrics/
+# when reports/results.json is missing or stale.
+DEFAULT_WEIGHTS = dict(CompareParams().weights)
 BENCH_COLUMNS = ["latency_ms_p50", "latency_ms_p99", "samples_per_s", "peak_mem_mb", "adapter_mb",
                  "trainable_params"]
 KINDS = {"majority": "dummy", "stratified": "dummy", "llm_zeroshot": "zero-shot", "llm_generate": "zero-shot",
@@ -104,50 +106,13 @@ def model_names(repo: Path) -> dict[str, str]:
     return out
 
 
-def composite(df: pd.DataFrame, weights: dict[str, float]) -> pd.Series:
-    """Weighted mean of min-max normalised metrics (0 worst, 1 best among the methods that have the metric).
-
-    A method without a metric (most baselines have no benchmark entry) is scored on the metrics it has, the
-    weights renormalised over them; `coverage` in the leaderboard says which share of the weight that was. By
-    hand because it is four lines of pandas and must match the compare stage's documented rule, not a library's.
-    """
-    total = pd.Series(0.0, index=df.index)
-    used = pd.Series(0.0, index=df.index)
-    for col, w in weights.items():
-        if w <= 0 or col not in df:
-            continue
-        x = pd.to_numeric(df[col], errors="coerce")
-        lo, hi = x.min(), x.max()
-        norm = (x - lo) / (hi - lo) if hi > lo else x * 0 + 1.0
-        if col in LOWER_IS_BETTER:
-            norm = 1.0 - norm
-        have = norm.notna()
-        total[have] += w * norm[have]
-        used[have] += w
-    return (total / used).where(used > 0)
-
-
 def reported_composite(repo: Path) -> dict[str, float] | None:
-    """The compare stage's composite (reports/results.json), so both show one ranking when it has run.
-
-    peftlab/compare.py writes {"methods": [{"method", "score", ...}]}; a bare list of rows or {method: row} and
-    the keys `composite`/`composite_score` are read too. Rows without a number (poisoned models, which are not
-    ranked) are left out. Returns None when the file is absent or has no such rows."""
+    """The compare stage's composite (reports/results.json: {"methods": [{"method", "score", ...}]}), so both
+    show one ranking when it has run; poisoned models (no score: not ranked) are left out."""
     data = read_json(repo / "reports" / "results.json")
-    if isinstance(data, dict):
-        rows = next((data[k] for k in ("methods", "rows", "results") if isinstance(data.get(k), list)), None)
-        if rows is None:
-            rows = [dict(v, method=k) for k, v in data.items() if isinstance(v, dict)]
-    else:
-        rows = data if isinstance(data, list) else []
-    out = {}
-    for row in rows:
-        if not isinstance(row, dict):
-            continue
-        name = row.get("method") or row.get("name")
-        score = next((row[k] for k in ("composite", "composite_score", "score") if k in row), None)
-        if isinstance(name, str) and isinstance(score, (int, float)):
-            out[name] = float(score)
+    rows = data.get("methods") if isinstance(data, dict) else None
+    out = {r["method"]: float(r["score"]) for r in rows or []
+           if isinstance(r, dict) and isinstance(r.get("score"), (int, float))}
     return out or None
 
 
@@ -171,14 +136,12 @@ def leaderboard(repo: Path, weights: dict[str, float] | None = None) -> tuple[pd
     for c in cols[3:]:
         df[c] = pd.to_numeric(df[c], errors="coerce")
     weights = weights or DEFAULT_WEIGHTS
+    score, df["coverage"] = weighted_score(df, weights)
     reported = reported_composite(repo)
     if reported and set(reported) >= set(df["method"]):
         df["composite"], source = df["method"].map(reported), "reports/results.json (the compare stage)"
     else:
-        df["composite"], source = composite(df, weights), "computed here from metrics/"
-    have = [c for c, w in weights.items() if w > 0 and c in df]
-    wsum = sum(weights[c] for c in have) or 1.0
-    df["coverage"] = sum(df[c].notna() * weights[c] for c in have) / wsum
+        df["composite"], source = score, "computed here from metrics/"
     df = df.sort_values(["composite", "accuracy"], ascending=False, na_position="last").reset_index(drop=True)
     df.insert(0, "rank", range(1, len(df) + 1))
     return df, source
