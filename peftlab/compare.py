@@ -144,7 +144,8 @@ def composite(df: pd.DataFrame, weights: dict[str, float], missing: str = "renor
     """
     df = df.copy()
     ranked = df["kind"].isin(RANKED_KINDS)
-    df["score"], df["coverage"] = weighted_score(df, weights, missing, ranked)
+    score, df["coverage"] = weighted_score(df, weights, missing, ranked)
+    df["score"] = score
     df["rank"] = df["score"].rank(ascending=False, method="min").astype("Int64")
     return df.sort_values(["rank", "accuracy"], ascending=[True, False], na_position="last").reset_index(drop=True)
 
