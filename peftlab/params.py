@@ -186,10 +186,10 @@ class BaselineParams:
 class BenchmarkParams:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: Optional[int] = _meta(lo=1, doc="torch threads; null: torch's default (all cores)")
-    rows: int = _meta(256, lo=8, doc="test reviews used for throughput")
+    rows: int = _meta(128, lo=8, doc="test reviews used for throughput")
     latency_samples: int = _meta(50, lo=5, doc="single-review requests timed for the latency percentiles")
     warmup: int = _meta(5, lo=0)
-    batch_sizes: list[int] = _meta(factory=lambda: [1, 8, 32, 64])
+    batch_sizes: list[int] = _meta(factory=lambda: [1, 8, 32])
     zeroshot: bool = _meta(True, doc="also measure the zero-shot LLM of the baseline stage")
 
 
