@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from importwalk import import_closure, module_file
 
 REPO = Path(__file__).resolve().parents[1]

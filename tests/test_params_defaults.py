@@ -26,6 +26,7 @@ from types import ModuleType
 from typing import Any
 
 import yaml
+
 from importwalk import module_name, python_files
 
 REPO = Path(__file__).resolve().parents[1]

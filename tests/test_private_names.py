@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from importwalk import module_file, module_name, python_files, resolve_relative
 
 REPO = Path(__file__).resolve().parents[1]
