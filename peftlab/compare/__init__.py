@@ -1,0 +1,1 @@
+"""Every method in one ranked table with paired tests, the compare report, ablations."""

@@ -1,0 +1,1 @@
+"""The params schema (typed sections, every grammar) and its loader."""

@@ -1,0 +1,1 @@
+"""Catalog and sources, streaming, cleaning, the split, and extra test sets."""

@@ -1,0 +1,1 @@
+"""Data poisoning: attacks by name, the runs that train on them, defenses, the summary."""

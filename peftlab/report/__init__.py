@@ -1,0 +1,1 @@
+"""Tables (Markdown, LaTeX, csv: one formatter) and figures (one plot module)."""

@@ -1,0 +1,1 @@
+"""LoRA training with the Trainer: features, heads, dvclive, checkpoints and resume."""
