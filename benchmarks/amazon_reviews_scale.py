@@ -53,7 +53,7 @@ FILLER = ["the", "product", "I", "bought", "this", "for", "my", "daughter", "and
 
 
 def categories() -> list[str]:
-    from peftlab.sources import load_catalog
+    from peftlab.data.sources import load_catalog
 
     entry = load_catalog(REPO / "catalog.yaml")["datasets"]["amazon_reviews_2023"]
     return [c[len(entry["config_prefix"]):] for c in entry["configs"]]

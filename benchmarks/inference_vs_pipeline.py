@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peftlab.data import read_split  # noqa: E402
-from peftlab.models import load_trained  # noqa: E402
-from peftlab.predict import predict_probs  # noqa: E402
+from peftlab.data.split import read_split  # noqa: E402
+from peftlab.modeling.load import load_trained  # noqa: E402
+from peftlab.modeling.predict import predict_probs  # noqa: E402
 
 
 def best_of(repeats: int, fn) -> tuple[object, float]:

@@ -1,5 +1,5 @@
 """peftlab: LoRA/QLoRA text classification as a reproducible DVC pipeline."""
-from peftlab.errors import PeftlabError
+from peftlab.core.errors import PeftlabError
 
 __all__ = ["PeftlabError"]
 __version__ = "0.1.0"

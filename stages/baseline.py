@@ -1,7 +1,7 @@
 """baseline: zero-shot, majority/random and classical baselines on the test split (metrics/baseline.json)."""
-from peftlab.baseline import run_baseline
-from peftlab.errors import run_cli
-from peftlab.params import load_params
+from peftlab.evaluate.baseline import run_baseline
+from peftlab.core.errors import run_cli
+from peftlab.config.params import load_params
 
 
 def main() -> None:

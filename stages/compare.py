@@ -6,8 +6,8 @@
 """
 import argparse
 
-from peftlab.errors import run_cli
-from peftlab.params import apply_sweep, load_params
+from peftlab.core.errors import run_cli
+from peftlab.config.params import apply_sweep, load_params
 
 
 def main() -> None:
@@ -17,12 +17,12 @@ def main() -> None:
     args = ap.parse_args()
     params = load_params(["seed", "model", "sweep", "baseline", "compare"])
     if args.ablation:
-        from peftlab.ablation import run_ablation
+        from peftlab.compare.ablation import run_ablation
 
         df = run_ablation(params.compare.ablation_params)
         print(f"reports/ablation.md: {len(df)} experiments")
         return
-    from peftlab.compare import run_compare
+    from peftlab.compare.rank import run_compare
 
     runs = {run: apply_sweep(params, run).model.name for run in ["main", *params.sweep]}
     report = run_compare(params.compare, runs, seed=params.seed, base=args.base,

@@ -5,9 +5,9 @@
 """
 import argparse
 
-from peftlab.errors import run_cli
-from peftlab.params import load_params
-from peftlab.sources import fetch_data, fetch_model
+from peftlab.core.errors import run_cli
+from peftlab.config.params import load_params
+from peftlab.data.fetch import fetch_data, fetch_model
 
 
 def main() -> None:

@@ -7,9 +7,12 @@
 """
 import argparse
 
-from peftlab.errors import run_cli
-from peftlab.params import load_params
-from peftlab.poison import count_setting, run_defenses, run_poison, setting_from_params, summarize
+from peftlab.core.errors import run_cli
+from peftlab.config.params import load_params
+from peftlab.poison.attacks import count_setting, setting_from_params
+from peftlab.poison.defenses import run_defenses
+from peftlab.poison.runs import run_poison
+from peftlab.poison.summary import summarize
 
 
 def main() -> None:

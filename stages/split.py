@@ -1,7 +1,7 @@
 """split: clean, dedupe, length-filter and split data/raw into data/splits/{train,val,test}.parquet."""
-from peftlab.data import run_split
-from peftlab.errors import run_cli
-from peftlab.params import load_params
+from peftlab.data.split import run_split
+from peftlab.core.errors import run_cli
+from peftlab.config.params import load_params
 
 
 def main() -> None:

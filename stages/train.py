@@ -6,9 +6,10 @@
 """
 import argparse
 
-from peftlab.errors import run_cli
-from peftlab.params import apply_sweep, load_params
-from peftlab.train import RunPaths, run_train
+from peftlab.core.errors import run_cli
+from peftlab.config.params import apply_sweep, load_params
+from peftlab.core.paths import RunPaths
+from peftlab.train.run import run_train
 
 
 def main() -> None:

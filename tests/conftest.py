@@ -93,7 +93,7 @@ def toy_frame(n: int = 200, seed: int = 0, labels=("negative", "positive")) -> p
         words.append(f"#{i}")  # unique rows: no duplicates for split to drop
         rows.append({"text": " ".join(words), "label": y, "label_text": labels[y]})
     df = pd.DataFrame(rows)
-    from peftlab.io import stable_hash
+    from peftlab.core.io import stable_hash
     df["id"] = [stable_hash("toy", t) for t in df["text"]]
     return df
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import toy_frame, write_splits
-from peftlab.baseline import dummy_baselines, encoder_baselines, llm_baselines, tfidf_baselines
-from peftlab.params import BaselineParams, build
-from peftlab.predict import calibrate, chat_prompt, label_logprobs, label_token_ids, parse_label
+from peftlab.evaluate.baseline import dummy_baselines, encoder_baselines, llm_baselines, tfidf_baselines
+from peftlab.config.params import BaselineParams, build
+from peftlab.modeling.predict import calibrate, chat_prompt, label_logprobs, label_token_ids, parse_label
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from conftest import toy_frame, write_splits
-from peftlab.bench import percentiles, run_benchmark, timed
-from peftlab.params import Params, build
-from peftlab.train import RunPaths, run_train
+from peftlab.evaluate.benchmark import percentiles, run_benchmark, timed
+from peftlab.config.params import Params, build
+from peftlab.core.paths import RunPaths
+from peftlab.train.run import run_train
 
 
 def test_percentiles_on_known_samples():

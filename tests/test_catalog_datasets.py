@@ -10,8 +10,8 @@ import datasets
 import pandas as pd
 import pytest
 
-from peftlab.params import Params, build
-from peftlab.sources import fetch_data
+from peftlab.config.params import Params, build
+from peftlab.data.fetch import fetch_data
 
 
 def hub_folder(root: Path, configs: dict[str, dict[str, datasets.Dataset]]) -> Path:
@@ -119,7 +119,7 @@ def amazon_2023_folder(root: Path, rows_per_category: int, categories: list[str]
 
 
 def test_amazon_reviews_2023_maps_ratings_drops_three_stars_and_caps_each_category(project, tmp_path):
-    from peftlab.sources import load_catalog
+    from peftlab.data.sources import load_catalog
 
     entry = load_catalog()["datasets"]["amazon_reviews_2023"]
     cats = [c.removeprefix("raw_review_") for c in entry["configs"]]
@@ -181,7 +181,7 @@ def test_orgaccess_builds_text_from_role_permissions_and_query_with_three_classe
 
 
 def test_text_template_naming_a_missing_column_is_one_clear_line(project, tmp_path):
-    from peftlab.errors import PeftlabError
+    from peftlab.core.errors import PeftlabError
 
     feats = classlabel(["negative", "positive"], title="string", content="string")
     train = datasets.Dataset.from_dict({"label": [1], "title": ["t"], "content": ["c"]}, features=feats)

@@ -16,10 +16,10 @@ import pytest
 import yaml
 
 from conftest import REPO
-from peftlab.ablation import ablation_table, render
-from peftlab.compare import (composite, correct_vectors, mcnemar_exact, paired_bootstrap_diff, run_compare)
-from peftlab.errors import PeftlabError
-from peftlab.params import CompareParams, build
+from peftlab.compare.ablation import ablation_table, render
+from peftlab.compare.rank import composite, correct_vectors, mcnemar_exact, paired_bootstrap_diff, run_compare
+from peftlab.core.errors import PeftlabError
+from peftlab.config.params import CompareParams, build
 
 HOSTILE = "Great | *bold* <script>alert(1)</script> & 100% $5 #1 _x_ {y} ~z ^w \\ [link](http://x) `code`"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -106,7 +106,7 @@ def test_compare_params_are_validated_in_one_line():
 # --- a constructed project: every input file compare reads ----------------------------------------------------
 
 def _cls_metrics(y: np.ndarray, pred: np.ndarray, **extra) -> dict:
-    from peftlab.metrics import classification_metrics
+    from peftlab.core.metrics import classification_metrics
 
     return {**classification_metrics(y, pred, None, ["negative", "positive"], bootstrap=50, seed=0), **extra}
 

@@ -14,11 +14,12 @@ import torch
 import yaml
 
 from conftest import REPO, toy_frame, write_splits
-from peftlab.errors import PeftlabError
-from peftlab.models import ModelSetup, load_base, load_trained
-from peftlab.params import Params, apply_sweep, build
-from peftlab.predict import predict_probs
-from peftlab.train import RunPaths, features, run_train
+from peftlab.core.errors import PeftlabError
+from peftlab.modeling.load import ModelSetup, load_base, load_trained
+from peftlab.config.params import Params, apply_sweep, build
+from peftlab.modeling.predict import predict_probs
+from peftlab.core.paths import RunPaths
+from peftlab.train.run import features, run_train
 
 CASES = [("encoder", "classifier"), ("decoder", "classifier"), ("decoder", "generative"), ("seq2seq", "seq2seq")]
 
@@ -34,7 +35,7 @@ def params_for(name: str, head: str, **train) -> Params:
 
 
 def fixed_batch_loss(model, tok, setup: ModelSetup, df) -> float:
-    from peftlab.train import collator
+    from peftlab.train.run import collator
 
     feats = features(df, tok, setup)
     batch = collator(setup, tok)([feats[i] for i in range(len(feats))])
@@ -76,7 +77,7 @@ def test_five_steps_lower_the_loss_and_the_adapter_round_trips(project, tiny_mod
 
 
 def test_generative_loss_covers_the_answer_tokens_only(tiny_models):
-    from peftlab.models import load_tokenizer
+    from peftlab.modeling.load import load_tokenizer
 
     setup = ModelSetup(str(tiny_models["decoder"]), {"name": "t", "family": "decoder"}, "generative",
                        ["negative", "positive"], 32, extra={"prompt": {"system": "s", "user": "{text}",

@@ -10,10 +10,12 @@ import pytest
 import torch
 
 from conftest import toy_frame, write_splits
-from peftlab.errors import PeftlabError
-from peftlab.params import Params, PoisonParams, build
-from peftlab.poison import (Setting, attack_success_rate, correlation_flags, count_setting, onion_apply,
-                            onion_filter, onion_scores, poison_train, run_poison, sequence_nll, spectral_flags, summarize, triggered_test)
+from peftlab.core.errors import PeftlabError
+from peftlab.config.params import Params, PoisonParams, build
+from peftlab.poison.attacks import Setting, attack_success_rate, count_setting, poison_train, triggered_test
+from peftlab.poison.defenses import correlation_flags, onion_apply, onion_filter, onion_scores, sequence_nll, spectral_flags
+from peftlab.poison.runs import run_poison
+from peftlab.poison.summary import summarize
 
 LABELS = ["negative", "positive"]
 

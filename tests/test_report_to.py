@@ -8,9 +8,10 @@ import struct
 import pytest
 
 from conftest import toy_frame, write_splits
-from peftlab.errors import PeftlabError
-from peftlab.params import Params, build
-from peftlab.train import RunPaths, check_report_to, run_train
+from peftlab.core.errors import PeftlabError
+from peftlab.config.params import Params, build
+from peftlab.core.paths import RunPaths
+from peftlab.train.run import check_report_to, run_train
 
 
 def tiny_params(report_to: list[str]) -> Params:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from peftlab.reproducible import last_complete_checkpoint, sorted_adapter_config, whole_run_train_loss
+from peftlab.train.checkpoints import last_complete_checkpoint, sorted_adapter_config, whole_run_train_loss
 
 
 def test_resume_skips_and_removes_a_checkpoint_killed_mid_save(tmp_path):

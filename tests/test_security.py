@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from conftest import build_tiny_model
-from peftlab.errors import PeftlabError
-from peftlab.models import ModelSetup, load_base
-from peftlab.report import to_latex, to_markdown
+from peftlab.core.errors import PeftlabError
+from peftlab.modeling.load import ModelSetup, load_base
+from peftlab.report.format import to_latex, to_markdown
 
 EVIL = """import pathlib   # transformers copies this file to its modules cache: the marker path is absolute
 pathlib.Path({marker!r}).write_text("the model folder's code ran")

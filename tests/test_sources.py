@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, build_tiny_model
-from peftlab.errors import PeftlabError
-from peftlab.sources import parse_source, read_source_frame, resolve_entry, to_contract
+from peftlab.core.errors import PeftlabError
+from peftlab.data.sources import parse_source, read_source_frame, resolve_entry, to_contract
 
 CSV = "category,text,movie\nfresh,A joy from start to finish.,m1\nrotten,Flat and dull.,m2\nplot,A man walks.,m1\n"
 
@@ -83,7 +83,7 @@ def test_pickle_is_refused_from_any_fetched_source(local_index, tmp_path):
 
 
 def test_model_folder_with_only_pickle_weights_is_refused(tmp_path):
-    from peftlab.sources import fetch_model_files
+    from peftlab.data.sources import fetch_model_files
 
     src = tmp_path / "m"
     src.mkdir()
@@ -118,7 +118,7 @@ def test_mapping_errors_name_the_bad_value(change, needle):
 
 
 def test_unknown_catalog_key_lists_the_allowed_ones():
-    from peftlab.sources import load_catalog
+    from peftlab.data.sources import load_catalog
 
     with pytest.raises(PeftlabError, match="'imdbb' is not in catalog.yaml .*rotten_tomatoes"):
         resolve_entry("datasets", "imdbb", {}, load_catalog(REPO / "catalog.yaml"), "data.name")

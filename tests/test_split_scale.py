@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from peftlab.data import make_splits, run_split
-from peftlab.errors import PeftlabError
-from peftlab.io import stable_hash
-from peftlab.params import Params, build
-from peftlab.split_scale import run_split_scaled
+from peftlab.data.split import make_splits, run_split
+from peftlab.core.errors import PeftlabError
+from peftlab.core.io import stable_hash
+from peftlab.config.params import Params, build
+from peftlab.data.split_scale import run_split_scaled
 
 LABELS = ["negative", "positive"]
 
@@ -109,7 +109,7 @@ def test_grouped_without_a_group_column_and_all_filtered_are_clear_errors(tmp_pa
 def test_leakage_check_fails_when_one_text_lands_in_two_splits(tmp_path):
     import pyarrow as pa
 
-    from peftlab.split_scale import _Buckets, _check_owners
+    from peftlab.data.split_scale import _Buckets, _check_owners
 
     b = _Buckets(tmp_path / "owners", 2)
     keys = np.array([5, 6, 5], dtype=np.uint64)

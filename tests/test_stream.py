@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from peftlab.errors import PeftlabError
-from peftlab.stream import BottomK, fetch_streaming
+from peftlab.core.errors import PeftlabError
+from peftlab.data.stream import BottomK, fetch_streaming
 
 LABELS = ["negative", "positive"]
 
@@ -113,7 +113,7 @@ def test_streamed_pickle_is_refused(tmp_path):
 
 
 def test_params_reject_a_bad_sample_mode_in_params_yaml():
-    from peftlab.params import DataParams, build
+    from peftlab.config.params import DataParams, build
 
     with pytest.raises(PeftlabError, match="data.sample = 'all' is invalid; allowed: "):
         build(DataParams, {"sample": "all"}, "data")

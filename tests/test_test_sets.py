@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from conftest import toy_frame, write_splits
-from peftlab.errors import PeftlabError
-from peftlab.params import EvaluateParams, build
+from peftlab.core.errors import PeftlabError
+from peftlab.config.params import EvaluateParams, build
 
 
 @pytest.mark.parametrize("sets,needle", [
@@ -33,8 +33,10 @@ def test_bad_test_set_specs_are_one_clear_line(sets, needle):
 def test_named_test_sets_and_categories_reach_metrics_and_tables(project, tiny_models):
     import shutil
 
-    from peftlab.evaluate import EvalPaths, run_evaluate
-    from peftlab.train import RunPaths, run_train
+    from peftlab.core.paths import EvalPaths
+    from peftlab.evaluate.run import run_evaluate
+    from peftlab.core.paths import RunPaths
+    from peftlab.train.run import run_train
     from test_train_evaluate import params_for
 
     shutil.copytree(tiny_models["encoder"], project / "models" / "base" / "tiny-encoder")
@@ -84,7 +86,7 @@ def test_named_test_sets_and_categories_reach_metrics_and_tables(project, tiny_m
 
 
 def test_a_slice_that_selects_nothing_names_itself():
-    from peftlab.test_sets import _slice
+    from peftlab.data.test_sets import _slice
 
     test = toy_frame(20)
     with pytest.raises(PeftlabError, match="evaluate.test_sets.huge = .* selects no test rows"):

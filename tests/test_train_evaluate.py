@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, toy_frame, write_splits
-from peftlab.evaluate import EvalPaths, run_evaluate
-from peftlab.params import Params, build
-from peftlab.train import RunPaths, run_train
+from peftlab.core.paths import EvalPaths
+from peftlab.evaluate.run import run_evaluate
+from peftlab.config.params import Params, build
+from peftlab.core.paths import RunPaths
+from peftlab.train.run import run_train
 
 
 def params_for(model: str, **train) -> Params:
@@ -55,7 +57,7 @@ def test_lora_classifier_learns_the_toy_task_and_evaluates(project, tiny_models,
     assert r"\toprule" in tex and r"acc\_ci\_low" in tex
 
     # the predict command uses the same adapter
-    proc = subprocess.run([sys.executable, "-m", "peftlab.predict", "the film was great fun #1", "awful dull plot #2"],
+    proc = subprocess.run([sys.executable, "-m", "peftlab.modeling.predict", "the film was great fun #1", "awful dull plot #2"],
                           cwd=project, capture_output=True, text=True, env={**__import__("os").environ,
                                                                             "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
@@ -73,7 +75,7 @@ def test_training_twice_with_the_same_seed_gives_identical_adapters(project, tin
 
 
 def test_missing_target_module_is_a_clear_error(project, tiny_models):
-    from peftlab.errors import PeftlabError
+    from peftlab.core.errors import PeftlabError
 
     shutil.copytree(tiny_models["encoder"], project / "models" / "base" / "tiny-encoder")
     write_splits(project, toy_frame(60))

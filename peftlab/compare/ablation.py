@@ -14,9 +14,10 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
-from peftlab.compare_report import escape_latex, fmt, fmt_ci, md_table
-from peftlab.errors import PeftlabError
-from peftlab.report import escape_md
+from peftlab.compare.report import escape_latex
+from peftlab.report.format import fmt, fmt_ci, md_table
+from peftlab.core.errors import PeftlabError
+from peftlab.report.format import escape_md
 
 METRICS_FILE = "metrics/evaluate.json"
 TRAIN_FILE = "metrics/train.json"
@@ -123,7 +124,7 @@ def render(df: pd.DataFrame) -> tuple[str, str]:
 
 
 def run_ablation(always: list[str], root: Path = Path("."), reports: Path = Path("reports")) -> pd.DataFrame:
-    from peftlab.io import write_text
+    from peftlab.core.io import write_text
 
     df = ablation_table(exp_show(root), always, git_json(root))
     if df.empty:

@@ -17,8 +17,8 @@ from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from peftlab.errors import PeftlabError
-from peftlab.io import read_json
+from peftlab.core.errors import PeftlabError
+from peftlab.core.io import read_json
 
 # Metrics where less is better; everything else weighted in the composite is higher-is-better.
 LOWER_IS_BETTER = frozenset({"latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "ttft_ms", "peak_mem_mb",
@@ -290,7 +290,7 @@ def _labels(methods: list[Method]) -> list[str]:
 
 
 def _figures(df: pd.DataFrame, methods: list[Method], poison: list[dict], out: Path) -> list[tuple[str, str]]:
-    from peftlab import figures as fg
+    from peftlab.report import plots as fg
 
     ranked = df[df["score"].notna()]
     cms = [(m.name, m.metrics.get("confusion_matrix")) for m in methods if m.kind in RANKED_KINDS]
@@ -314,8 +314,8 @@ def run_compare(cp, runs: dict[str, str | None], root: Path = Path("."), seed: i
     and plots/compare/. Everything is computed (and the base diff fetched) before the first file is replaced."""
     import os
 
-    from peftlab.compare_report import Report, base_diff, render_latex, render_markdown
-    from peftlab.io import atomic_path, write_json, write_text
+    from peftlab.compare.report import Report, base_diff, render_latex, render_markdown
+    from peftlab.core.io import atomic_path, write_json, write_text
 
     root, reports, plots = Path(root), root / reports, root / plots
     methods, test = collect(root, runs, *baseline_models)

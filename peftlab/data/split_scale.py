@@ -35,11 +35,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from peftlab.data import SPLITS, _unit, clean_frame, normalize_for_dedupe
-from peftlab.errors import PeftlabError
-from peftlab.io import atomic_path, stable_hash, write_json
-from peftlab.params import Params
-from peftlab.stream import ShardWriter
+from peftlab.core.paths import SPLITS
+from peftlab.data.clean import unit_interval, clean_frame, normalize_for_dedupe
+from peftlab.core.errors import PeftlabError
+from peftlab.core.io import atomic_path, stable_hash, write_json
+from peftlab.config.params import Params
+from peftlab.data.stream import ShardWriter
 
 IN_MEMORY_MAX_ROWS = 2_000_000
 CHUNK_ROWS = 100_000
@@ -118,7 +119,7 @@ def _clean_pass(files, work: Path, seed: int, grouped: bool, n_buckets: int, chu
         key = hash64(normalize_for_dedupe(t) for t in cleaned["text"])
         by = cleaned["group"].fillna("").astype(str) if grouped else cleaned["id"]
         cache: dict[str, float] = {}
-        u = np.array([cache[v] if v in cache else cache.setdefault(v, _unit(seed, v)) for v in by])
+        u = np.array([cache[v] if v in cache else cache.setdefault(v, unit_interval(seed, v)) for v in by])
         cleaned = cleaned.assign(_key=key, _u=u, _words=word_counts(cleaned["text"]))
         clean.write(cleaned)
         buckets.add(pa.table({"_key": key, "label": cleaned["label"].to_numpy(dtype=np.int64),

@@ -29,9 +29,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from peftlab.errors import PeftlabError
-from peftlab.io import atomic_path, stable_hash, write_json
-from peftlab.sources import _table_format, local_path, parse_source, read_source_frame, to_contract
+from peftlab.core.errors import PeftlabError
+from peftlab.core.io import atomic_path, stable_hash, write_json
+from peftlab.data.sources import table_format, local_path, parse_source, read_source_frame, to_contract
 
 BATCH_ROWS = 50_000          # rows mapped at a time: a few tens of MB of review text
 SHARD_ROWS = 1_000_000       # rows per output parquet shard
@@ -108,7 +108,7 @@ def _hub_batches(target: str, entry: dict, revision: str | None, batch_rows: int
 
 
 def _file_batches(path: Path, entry: dict, batch_rows: int) -> Iterator[pd.DataFrame]:
-    fmt, _ = _table_format(path, entry.get("format"))   # refuses pickle formats first
+    fmt, _ = table_format(path, entry.get("format"))   # refuses pickle formats first
     enc = entry.get("encoding") or "utf-8"
     if fmt == "parquet":
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):

@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from peftlab.errors import PeftlabError
-from peftlab.metrics import accuracy, classification_metrics, f1_macro
+from peftlab.core.errors import PeftlabError
+from peftlab.core.metrics import accuracy, classification_metrics, f1_macro
 
 SLICE_COLUMNS = ("category", "group", "rating", "label_text", "words")
 SOURCE_KEYS = ("dataset", "source", "sha256", "config", "split", "format", "encoding", "text_column",
@@ -33,7 +33,7 @@ SOURCE_KEYS = ("dataset", "source", "sha256", "config", "split", "format", "enco
 
 
 def _bad(name: str, value, allowed: str) -> PeftlabError:
-    from peftlab.params import _bad as bad
+    from peftlab.config.params import bad_param as bad
 
     return bad(f"evaluate.test_sets.{name}", value, allowed)
 
@@ -108,8 +108,8 @@ def _slice(name: str, spec: dict, test: pd.DataFrame) -> TestSet:
 
 def _seen_keys(splits_dir: Path) -> np.ndarray:
     """64-bit hashes of every normalised train and val text, read chunk by chunk."""
-    from peftlab.split_scale import hash64
-    from peftlab.data import normalize_for_dedupe
+    from peftlab.data.split_scale import hash64
+    from peftlab.data.clean import normalize_for_dedupe
 
     keys = []
     for s in ("train", "val"):
@@ -121,10 +121,11 @@ def _seen_keys(splits_dir: Path) -> np.ndarray:
 
 
 def _source(name: str, spec: dict, labels: list[str], seen: np.ndarray, seed: int) -> TestSet:
-    from peftlab.data import clean_frame, dedupe, normalize_for_dedupe, stratified_sample
-    from peftlab.sources import load_catalog, read_source_frame, resolve_entry, to_contract
-    from peftlab.split_scale import hash64
-    from peftlab.stream import apply_text_template
+    from peftlab.data.clean import clean_frame, dedupe, normalize_for_dedupe
+    from peftlab.data.split import stratified_sample
+    from peftlab.data.sources import load_catalog, read_source_frame, resolve_entry, to_contract
+    from peftlab.data.split_scale import hash64
+    from peftlab.data.stream import apply_text_template
 
     overrides = {k: v for k, v in spec.items() if k not in ("dataset", "max_rows")}
     if "dataset" in spec:

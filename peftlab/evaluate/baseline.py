@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from peftlab.data import read_labels, read_split, stratified_sample
-from peftlab.evaluate import prediction_frame
-from peftlab.io import write_json, write_parquet
-from peftlab.metrics import accuracy, classification_metrics
-from peftlab.models import choose_device, load_causal_lm, load_encoder
-from peftlab.params import BaselineParams, Params
-from peftlab.predict import (PromptSpec, calibrate, generate_answers, mean_pooled_embeddings, parse_label,
-                             score_labels, softmax_rows)
-from peftlab.report import metrics_row, plot_bars, write_tables
+from peftlab.data.split import read_labels, read_split, stratified_sample
+from peftlab.evaluate.run import prediction_frame
+from peftlab.core.io import write_json, write_parquet
+from peftlab.core.metrics import accuracy, classification_metrics
+from peftlab.modeling.load import choose_device, load_causal_lm, load_encoder
+from peftlab.config.params import BaselineParams, Params
+from peftlab.modeling.predict import PromptSpec, calibrate, generate_answers, mean_pooled_embeddings, parse_label, score_labels, softmax_rows
+from peftlab.report.format import metrics_row, write_tables
+from peftlab.report.plots import plot_bars
 
 
 @dataclass

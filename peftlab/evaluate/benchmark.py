@@ -1,6 +1,6 @@
 """Speed and memory of trained models, measured the way serving engineers do.
 
-Each model is measured in its own process (`python -m peftlab.bench`), so its peak resident memory is its own
+Each model is measured in its own process (`python -m peftlab.evaluate.benchmark`), so its peak resident memory is its own
 and not the high-water mark of every model before it. Device work is synchronised before each clock read.
 """
 from __future__ import annotations
@@ -20,11 +20,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from peftlab.data import read_labels, read_split
-from peftlab.errors import PeftlabError, run_cli
-from peftlab.io import read_json, write_json
-from peftlab.models import choose_device, load_causal_lm, load_trained, synchronize
-from peftlab.params import Params
+from peftlab.data.split import read_labels, read_split
+from peftlab.core.errors import PeftlabError, run_cli
+from peftlab.core.io import read_json, write_json
+from peftlab.modeling.load import choose_device, load_causal_lm, load_trained, synchronize
+from peftlab.config.params import Params
 
 PERCENTILES = (50, 90, 99)
 
@@ -96,7 +96,7 @@ def measure(name: str, predict: Callable[[list[str], int], object], count_tokens
 
 def bench_one(spec: dict) -> dict:
     """Measure one model described by `spec` (kind: adapter | zeroshot) in this process."""
-    from peftlab.predict import PromptSpec, predict_probs, score_labels
+    from peftlab.modeling.predict import PromptSpec, predict_probs, score_labels
 
     device = choose_device(spec["device"])
     if spec["threads"]:
@@ -141,9 +141,9 @@ def bench_one(spec: dict) -> dict:
 def run_benchmark(params: Params, runs: list[str], out_metrics: Path = Path("metrics/benchmark.json"),
                   plots: Path = Path("plots/benchmark")) -> dict:
     """benchmark stage: every trained run and the zero-shot LLM, each measured in a fresh process."""
-    from peftlab.baseline import candidate
-    from peftlab.report import plot_latency, plot_throughput
-    from peftlab.train import RunPaths
+    from peftlab.evaluate.baseline import candidate
+    from peftlab.report.plots import plot_latency, plot_throughput
+    from peftlab.core.paths import RunPaths
 
     bp = params.benchmark
     common = {"device": bp.device, "threads": bp.threads, "rows": bp.rows, "latency_samples": bp.latency_samples,
@@ -162,7 +162,7 @@ def run_benchmark(params: Params, runs: list[str], out_metrics: Path = Path("met
     results = {}
     for spec in specs:
         print(f"benchmark {spec['name']}: measuring in a fresh process ...", flush=True)
-        proc = subprocess.run([sys.executable, "-m", "peftlab.bench", json.dumps(spec, default=str)],
+        proc = subprocess.run([sys.executable, "-m", "peftlab.evaluate.benchmark", json.dumps(spec, default=str)],
                               capture_output=True, text=True)
         if proc.returncode != 0:
             raise PeftlabError(f"benchmark of {spec['name']} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")

@@ -1,38 +1,20 @@
 """evaluate stage: a trained adapter on the test split -> metrics, plots, predictions and tables."""
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from peftlab.data import read_split
-from peftlab.io import write_json, write_parquet
-from peftlab.metrics import classification_metrics, curves
-from peftlab.models import choose_device, load_trained
-from peftlab.params import Params
-from peftlab.predict import predict_probs
-from peftlab.report import metrics_row, plot_confusion, plot_curve, write_tables
-from peftlab.test_sets import evaluate_test_sets
-
-
-@dataclasses.dataclass
-class EvalPaths:
-    adapter: Path
-    splits: Path
-    metrics: Path
-    plots: Path
-    predictions: Path
-    tables: Path   # stem: .csv and .tex are written next to it
-
-    @classmethod
-    def for_run(cls, run: str) -> "EvalPaths":
-        if run == "main":
-            return cls(Path("models/adapters/main"), Path("data/splits"), Path("metrics/evaluate.json"),
-                       Path("plots/evaluate"), Path("data/predictions/main.parquet"), Path("reports/evaluate"))
-        return cls(Path(f"models/adapters/{run}"), Path("data/splits"), Path(f"metrics/sweep/{run}/evaluate.json"),
-                   Path(f"plots/sweep/{run}"), Path(f"data/predictions/{run}.parquet"), Path(f"reports/sweep/{run}"))
+from peftlab.data.split import read_split
+from peftlab.core.io import write_json, write_parquet
+from peftlab.core.metrics import classification_metrics, curves
+from peftlab.modeling.load import choose_device, load_trained
+from peftlab.config.params import Params
+from peftlab.modeling.predict import predict_probs
+from peftlab.report.format import metrics_row, write_tables
+from peftlab.report.plots import plot_confusion, plot_curve
+from peftlab.data.test_sets import evaluate_test_sets
+from peftlab.core.paths import EvalPaths
 
 
 def prediction_frame(test: pd.DataFrame, probs: np.ndarray, pred: np.ndarray, labels: list[str]) -> pd.DataFrame:

@@ -2,7 +2,7 @@
 
 A fetched base model lives in models/base/<key>/ with a peftlab.json (family, head, LoRA targets); a trained
 adapter lives in models/adapters/<run>/ with its own peftlab.json naming that base, the labels and the head,
-so evaluate, benchmark and `python -m peftlab.predict` need nothing but the adapter folder.
+so evaluate, benchmark and `python -m peftlab.modeling.predict` need nothing but the adapter folder.
 """
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from peftlab.errors import PeftlabError
-from peftlab.io import read_json
+from peftlab.core.errors import PeftlabError
+from peftlab.core.io import read_json
 
 CLASSIFIER_HEADS = {"encoder": "classifier", "decoder": "score"}
 

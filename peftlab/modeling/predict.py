@@ -5,7 +5,7 @@ Texts are sorted by length so each batch pads only to its own longest member (dy
 classifier logits; label-word log-probabilities after a prompt (decoders, one forward pass per batch when
 every label word is one token); and free generation parsed for a label word (unparsable answers are -1).
 
-    python -m peftlab.predict "a gorgeous, witty film" "a tedious mess" [--adapter models/adapters/main]
+    python -m peftlab.modeling.predict "a gorgeous, witty film" "a tedious mess" [--adapter models/adapters/main]
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from peftlab.errors import PeftlabError, run_cli
+from peftlab.core.errors import PeftlabError, run_cli
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[np.ndarray]:
@@ -327,12 +327,12 @@ def mean_pooled_embeddings(model, tokenizer, texts: Sequence[str], max_length: i
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m peftlab.predict", description="Label texts with a trained adapter.")
+    ap = argparse.ArgumentParser(prog="python -m peftlab.modeling.predict", description="Label texts with a trained adapter.")
     ap.add_argument("texts", nargs="+", help="texts to classify")
     ap.add_argument("--adapter", default="models/adapters/main", help="adapter folder (default: %(default)s)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     args = ap.parse_args()
-    from peftlab.models import choose_device, load_trained
+    from peftlab.modeling.load import choose_device, load_trained
 
     device = choose_device(args.device)
     model, tok, setup = load_trained(args.adapter, device)

@@ -5,8 +5,6 @@ with `|`, `<script>` or `_&%$#` cannot break (or inject into) a Markdown, HTML o
 """
 from __future__ import annotations
 
-import html
-import re
 from pathlib import Path
 
 import matplotlib
@@ -16,75 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from peftlab.io import atomic_path, write_text  # noqa: E402
-
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  # not special to LaTeX, but without T1 fonts `<` prints as an inverted `!`
-                  "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}"}
-_LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX_SPECIAL))
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|>~])")
-
-
-def escape_latex(text: str) -> str:
-    return _LATEX_RE.sub(lambda m: _LATEX_SPECIAL[m.group()], str(text))
-
-
-def escape_md(text: str) -> str:
-    """Markdown-safe and HTML-safe: markup characters backslashed, <, >, & as entities, no newlines."""
-    t = html.escape(str(text), quote=False).replace("\n", " ").replace("\r", " ")
-    return _MD_SPECIAL.sub(r"\\\1", t)
-
-
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return str(v)
-
-
-def to_markdown(df: pd.DataFrame) -> str:
-    cols = [escape_md(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join(escape_md(_fmt(v)) for v in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def to_latex(df: pd.DataFrame, caption: str = "", label: str = "") -> str:
-    """A booktabs table, every cell and header escaped."""
-    cols = "l" + "r" * (len(df.columns) - 1)
-    body = [" & ".join(escape_latex(c) for c in df.columns) + r" \\", r"\midrule"]
-    for _, row in df.iterrows():
-        body.append(" & ".join(escape_latex(_fmt(v)) for v in row) + r" \\")
-    out = [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{cols}}}", r"\toprule", *body,
-           r"\bottomrule", r"\end{tabular}"]
-    if caption:
-        out.append(rf"\caption{{{escape_latex(caption)}}}")
-    if label:
-        out.append(rf"\label{{{escape_latex(label)}}}")
-    out.append(r"\end{table}")
-    return "\n".join(out) + "\n"
-
-
-def write_tables(df: pd.DataFrame, csv_path: str | Path | None = None, tex_path: str | Path | None = None,
-                 md_path: str | Path | None = None, caption: str = "") -> None:
-    if csv_path:
-        write_text(csv_path, df.to_csv(index=False))
-    if tex_path:
-        write_text(tex_path, to_latex(df, caption=caption))
-    if md_path:
-        write_text(md_path, to_markdown(df))
-
-
-def metrics_row(name: str, m: dict) -> dict:
-    """One table row from a metrics dict in the common schema."""
-    ci = (m.get("ci95") or {}).get("accuracy") or [None, None]
-    return {"method": name, "accuracy": m.get("accuracy"), "acc_ci_low": ci[0], "acc_ci_high": ci[1],
-            "f1_macro": m.get("f1_macro"), "precision_macro": m.get("precision_macro"),
-            "recall_macro": m.get("recall_macro"), "roc_auc": m.get("roc_auc"), "pr_auc": m.get("pr_auc"),
-            "n": m.get("n")}
+from peftlab.core.io import atomic_path  # noqa: E402
 
 
 def save_figure(fig, path: str | Path) -> None:
@@ -191,3 +121,115 @@ def plot_poison_sweep(rows: list[dict], path: str | Path, attack: str = "badnets
         axes[0].legend(fontsize=8)
     fig.suptitle(f"{attack}: does the backdoor follow the count or the rate?")
     save_figure(fig, path)
+
+import math
+
+
+def accuracy_vs_latency(df: pd.DataFrame, path: Path) -> bool:
+    """Accuracy against p50 latency (log axis), marker area by peak memory: the methods worth deploying sit
+    top-left and small. Only benchmarked methods have a latency."""
+    d = df.dropna(subset=["accuracy", "latency_ms_p50"])
+    if d.empty:
+        return False
+    mem = d["peak_mem_mb"].fillna(d["peak_mem_mb"].median() if d["peak_mem_mb"].notna().any() else 500)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.scatter(d["latency_ms_p50"], d["accuracy"], s=mem / mem.max() * 900, alpha=0.45, color="#4C72B0",
+               edgecolor="black")
+    for _, r in d.iterrows():
+        ax.annotate(f"{r['method']}\n{r['peak_mem_mb']:.0f} MB" if not math.isnan(r["peak_mem_mb"]) else r["method"],
+                    (r["latency_ms_p50"], r["accuracy"]), fontsize=8, ha="center", va="center")
+    ax.set_xscale("log")
+    ax.set_xlabel("latency at batch 1, p50 (ms, log scale)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("accuracy against latency (marker area: peak memory)")
+    ax.margins(0.2)
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+    return True
+
+
+def accuracy_ci(df: pd.DataFrame, path: Path) -> bool:
+    d = df.dropna(subset=["accuracy"])
+    if d.empty:
+        return False
+    plot_bars(d, path, title="test accuracy with 95% bootstrap CI")
+    return True
+
+
+def confusion_grid(items: list[tuple[str, list[list[int]]]], labels: list[str], path: Path) -> bool:
+    """All confusion matrices side by side, row-normalised colours (counts printed), so the methods' error
+    patterns compare at a glance whatever the class balance."""
+    items = [(n, np.asarray(cm)) for n, cm in items if cm]
+    if not items:
+        return False
+    cols = min(4, len(items))
+    rows = math.ceil(len(items) / cols)
+    k = len(labels)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.1 * cols, 2.9 * rows), squeeze=False)
+    for ax, (name, cm) in zip(axes.flat, items):
+        norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for i in range(cm.shape[0]):
+            for j in range(cm.shape[1]):
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if norm[i, j] > 0.5 else "black")
+        ax.set_xticks(range(k), labels, fontsize=7)
+        ax.set_yticks(range(k), labels, fontsize=7)
+        ax.set_title(name, fontsize=9)
+    for ax in list(axes.flat)[len(items):]:
+        ax.axis("off")
+    fig.supxlabel("predicted")
+    fig.supylabel("actual")
+    fig.tight_layout()
+    save_figure(fig, path)
+    return True
+
+
+def poison_curves(settings: list[dict], path: Path, attack: str = "badnets") -> bool:
+    """ASR and CACC against poisoned rows and poison rate (the count sweep), one line per training size."""
+    rows = [{"count": s["count"], "rate": s["rate"], "size": s["train_rows"], "asr": s["asr"], "cacc": s["cacc"]}
+            for s in settings if s.get("attack") == attack and s.get("setting", "").startswith("count")
+            and s.get("train_rows") and s.get("asr") is not None]
+    if not rows:
+        return False
+    plot_poison_sweep(rows, path, attack=attack)
+    return True
+
+
+def _tsv(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path, sep="\t") if path.exists() else None
+
+
+def _by_epoch(df: pd.DataFrame | None, epochs: pd.DataFrame | None) -> pd.DataFrame | None:
+    """dvclive counts steps per logged point, which differ between runs; the epoch (from epoch.tsv) does not."""
+    if df is None or df.empty:
+        return None
+    if epochs is None or "epoch" not in epochs:
+        return df.assign(x=df["step"])
+    return df.merge(epochs[["step", "epoch"]], on="step", how="left").assign(x=lambda d: d["epoch"].fillna(d["step"]))
+
+
+def loss_curves(curves: dict[str, Path], path: Path) -> bool:
+    """Training loss (line) and validation loss (dashed, open markers) against the epoch, one colour per run,
+    from the dvclive TSVs the train stage writes."""
+    data = {}
+    for name, d in curves.items():
+        epochs = _tsv(d / "epoch.tsv")
+        train = _by_epoch(_tsv(d / "loss.tsv"), epochs)
+        if train is not None:
+            data[name] = (train, _by_epoch(_tsv(d / "eval" / "loss.tsv"), epochs))
+    if not data:
+        return False
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, (train, val) in data.items():
+        line, = ax.plot(train["x"], train["loss"], marker=".", label=f"{name} train", lw=1.2)
+        if val is not None:
+            ax.plot(val["x"], val["loss"], ls="--", marker="o", mfc="none", color=line.get_color(),
+                    label=f"{name} val")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (generative heads: answer tokens only)")
+    ax.set_title("training curves")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+    return True

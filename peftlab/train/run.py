@@ -20,16 +20,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from peftlab.data import read_labels, read_split, stratified_sample
-from peftlab.errors import PeftlabError
-from peftlab.io import atomic_path, read_json, sha256_file, stable_hash, write_json
-from peftlab.metrics import accuracy, f1_macro
-from peftlab.models import (ModelSetup, base_info, check_head, check_targets, choose_device, load_base,
-                            load_tokenizer, lora_config)
-from peftlab.params import Params
-from peftlab.predict import PromptSpec, predict_probs
-from peftlab.reproducible import (checkpoint_step, dvclive_callback, last_complete_checkpoint, sorted_adapter_config,
-                                  whole_run_train_loss)
+from peftlab.data.split import read_labels, read_split, stratified_sample
+from peftlab.core.errors import PeftlabError
+from peftlab.core.io import atomic_path, read_json, sha256_file, stable_hash, write_json
+from peftlab.core.metrics import accuracy, f1_macro
+from peftlab.modeling.load import ModelSetup, base_info, check_head, check_targets, choose_device, load_base, load_tokenizer, lora_config
+from peftlab.config.params import Params
+from peftlab.modeling.predict import PromptSpec, predict_probs
+from peftlab.train.checkpoints import checkpoint_step, dvclive_callback, last_complete_checkpoint, sorted_adapter_config, whole_run_train_loss
+from peftlab.core.paths import RunPaths
 
 # pip packages of the Trainer's trackers, for the error when one is asked for but not installed
 TRACKER_PACKAGES = {"tensorboard": "tensorboard (or tensorboardX)", "mlflow": "mlflow", "wandb": "wandb",
@@ -52,22 +51,6 @@ def check_report_to(report_to: list[str]) -> None:
             raise PeftlabError(f"params.yaml: train.report_to has {t!r} but its package is not installed "
                                f"(pip install {TRACKER_PACKAGES.get(t, t)}); installed trackers: "
                                f"{', '.join(sorted(installed)) or 'none'}")
-
-
-@dataclasses.dataclass
-class RunPaths:
-    """Where one training run reads and writes (all declared in dvc.yaml)."""
-    splits: Path
-    adapter: Path
-    checkpoints: Path
-    live: Path
-    metrics: Path
-
-    @classmethod
-    def for_run(cls, run: str) -> "RunPaths":
-        metrics = Path("metrics/train.json") if run == "main" else Path(f"metrics/sweep/{run}/train.json")
-        return cls(Path("data/splits"), Path(f"models/adapters/{run}"), Path(f"checkpoints/{run}"),
-                   Path(f"dvclive/{run}"), metrics)
 
 
 def model_setup(params: Params, labels: list[str]) -> ModelSetup:

@@ -1,0 +1,227 @@
+"""Defenses against the poisoned runs: ONION, spectral signatures, the token-label correlation filter."""
+from __future__ import annotations
+
+import math
+import tempfile
+from collections import Counter
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import torch
+from peftlab.data.split import read_labels, read_split
+from peftlab.core.errors import PeftlabError
+from peftlab.core.io import read_json, write_json
+from peftlab.core.metrics import accuracy
+from peftlab.config.params import Params
+from peftlab.poison.runs import predict
+from peftlab.poison.attacks import resolve_setting
+from peftlab.poison.runs import score
+from peftlab.poison.runs import train_on
+from peftlab.poison.attacks import triggered_test
+from peftlab.poison.runs import write_poisoned_splits
+
+
+def sequence_nll(model, tok, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """Mean token negative log-likelihood per text under a causal LM (log-perplexity), batched by length."""
+    from peftlab.modeling.predict import left_pad, length_sorted_batches
+
+    device = next(model.parameters()).device
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    enc = [bos + tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    out = np.zeros(len(texts))
+    with torch.inference_mode():
+        for idx in length_sorted_batches([len(e) for e in enc], batch_size):
+            batch = left_pad([enc[i] for i in idx], pad, device)
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            logits = model(**batch).logits[:, :-1].float()
+            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+            m = (mask[:, 1:] * mask[:, :-1]).float()   # real targets predicted from real tokens
+            out[idx] = ((nll * m).sum(1) / m.sum(1).clamp(min=1)).cpu().numpy()
+    return out
+
+
+def onion_scores(texts: list[str], lm, tok, batch_size: int = 64) -> list[np.ndarray]:
+    """ONION (Qi et al., 2021) suspicion of each word: the text's perplexity minus its perplexity without that
+    word (high: the word is an outlier, like a trigger). All leave-one-out variants of all texts are scored in
+    shared length-sorted batches; scoring once lets several thresholds be tried for free."""
+    from tqdm.auto import tqdm
+
+    variants, owner = [], []
+    words_of = [t.split() for t in texts]
+    for k, words in enumerate(words_of):
+        variants.append(" ".join(words))
+        owner.append((k, -1))
+        if len(words) > 1:
+            for i in range(len(words)):
+                variants.append(" ".join(words[:i] + words[i + 1:]))
+                owner.append((k, i))
+    ppl = np.zeros(len(variants))
+    chunk = 2048
+    for start in tqdm(range(0, len(variants), chunk), desc="ONION perplexity", unit="chunk"):
+        ppl[start:start + chunk] = np.exp(sequence_nll(lm, tok, variants[start:start + chunk], batch_size))
+    full = {k: ppl[j] for j, (k, i) in enumerate(owner) if i < 0}
+    scores = [np.full(len(words), -np.inf) for words in words_of]   # one-word texts: nothing to remove
+    for j, (k, i) in enumerate(owner):
+        if i >= 0:
+            scores[k][i] = full[k] - ppl[j]
+    return scores
+
+
+def onion_apply(texts: list[str], scores: list[np.ndarray], threshold: float) -> list[str]:
+    """Drop the words whose suspicion exceeds `threshold` (a text never becomes empty)."""
+    out = []
+    for text, s in zip(texts, scores):
+        words = text.split()
+        kept = [w for w, v in zip(words, s) if not v > threshold]
+        out.append(" ".join(kept) or " ".join(words))
+    return out
+
+
+def onion_filter(texts: list[str], lm, tok, threshold: float, batch_size: int = 64) -> list[str]:
+    return onion_apply(texts, onion_scores(texts, lm, tok, batch_size), threshold)
+
+
+def choose_onion_threshold(val_texts: list[str], val_labels: np.ndarray, scores: list[np.ndarray],
+                           thresholds: list[float], max_drop: float, adapter: Path) -> tuple[float, dict]:
+    """ONION's rule for the threshold: the lowest (most aggressive) candidate whose filtering costs at most
+    `max_drop` accuracy on clean validation rows, so the defense is tuned without seeing test or triggers."""
+    acc_of = {}
+    base = accuracy(val_labels, predict(adapter, val_texts))
+    for t in sorted(thresholds):
+        acc_of[t] = accuracy(val_labels, predict(adapter, onion_apply(val_texts, scores, t)))
+    ok = [t for t in sorted(thresholds) if base - acc_of[t] <= max_drop]
+    chosen = ok[0] if ok else max(thresholds)
+    return chosen, {"val_accuracy": base, "val_accuracy_by_threshold": {str(t): a for t, a in acc_of.items()}}
+
+
+def head_features(adapter: Path, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """The representation the classification head reads ([CLS] for encoders, the last real token for
+    decoders), from the (merged) fine-tuned model: what spectral signatures inspect."""
+    from peftlab.modeling.load import choose_device, load_trained
+    from peftlab.modeling.predict import padded_batches
+
+    device = choose_device("auto")
+    model, tok, setup = load_trained(adapter, device)
+    if setup.head != "classifier":
+        raise PeftlabError(f"spectral signatures need a classifier head; {adapter} has {setup.head!r}")
+    enc = tok(texts, truncation=True, max_length=setup.max_length)
+    out = None
+    with torch.inference_mode():
+        for idx, batch in padded_batches(tok, enc, batch_size, device, "representations"):
+            hidden = model(**batch, output_hidden_states=True).hidden_states[-1]
+            if setup.family == "decoder":
+                last = batch["attention_mask"].sum(1) - 1
+                feats = hidden[torch.arange(len(idx), device=device), last]
+            else:
+                feats = hidden[:, 0]
+            if out is None:
+                out = np.zeros((len(texts), feats.shape[-1]), dtype=np.float32)
+            out[idx] = feats.float().cpu().numpy()
+    return out
+
+
+def spectral_flags(features: np.ndarray, labels: np.ndarray, eps: float) -> np.ndarray:
+    """Spectral signatures (Tran et al., 2018): per class, score rows by their squared projection on the top
+    singular vector of the centred representations, and flag the top 1.5 * eps share."""
+    flags = np.zeros(len(labels), dtype=bool)
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) < 3:
+            continue
+        centred = features[idx] - features[idx].mean(0)
+        top = np.linalg.svd(centred, full_matrices=False)[2][0]
+        scores = (centred @ top) ** 2
+        k = min(len(idx), int(math.ceil(1.5 * eps * len(idx))))
+        flags[idx[np.argsort(-scores, kind="stable")[:k]]] = True
+    return flags
+
+
+def correlation_flags(texts: list[str], labels: np.ndarray, min_count: int, max_df: float,
+                      alpha: float) -> tuple[np.ndarray, list[str]]:
+    """Rare tokens whose rows carry one label far more often than the base rate (one-sided binomial test,
+    Bonferroni-corrected); flags every training row containing one. Returns (flags, suspicious tokens)."""
+    from scipy.stats import binomtest
+
+    tokens = [set(t.lower().split()) for t in texts]
+    df = Counter(tok for row in tokens for tok in row)
+    n = len(texts)
+    tested = [t for t, c in df.items() if c >= min_count and c / n <= max_df]
+    base = {c: float(np.mean(labels == c)) for c in np.unique(labels)}
+    suspicious = []
+    for tok in sorted(tested):
+        rows = np.array([tok in row for row in tokens])
+        for c, p in base.items():
+            k = int(np.sum(labels[rows] == c))
+            if binomtest(k, int(rows.sum()), p, alternative="greater").pvalue * max(1, len(tested)) < alpha:
+                suspicious.append(tok)
+                break
+    flags = np.array([bool(row & set(suspicious)) for row in tokens])
+    return flags, suspicious
+
+
+def detection(flags: np.ndarray, poisoned: np.ndarray) -> dict:
+    from sklearn.metrics import precision_score, recall_score
+
+    return {"flagged": int(flags.sum()),
+            "precision": float(precision_score(poisoned, flags, zero_division=0)),
+            "recall": float(recall_score(poisoned, flags, zero_division=0))}
+
+
+def run_defenses(params: Params, splits: Path = Path("data/splits"), data_root: Path = Path("data/poison"),
+                 adapter_root: Path = Path("models/adapters"), base_root: Path = Path("models/base"),
+                 metrics_root: Path = Path("metrics/poison")) -> dict:
+    """poison_defend stage: ONION at test time, and spectral / correlation filtering of the training set
+    followed by retraining, against the `poison.defend` setting."""
+    from peftlab.modeling.load import choose_device, load_causal_lm
+
+    pp, seed = params.poison, params.seed
+    setting = resolve_setting(pp, pp.defend)
+    labels = read_labels(splits)
+    target = labels.index(pp.target)
+    test = read_split(splits, "test")
+    triggered = triggered_test(test, labels, setting.attack, pp, seed)
+    attacked = read_json(metrics_root / f"{setting.name}.json")
+    adapter = adapter_root / f"poison-{setting.name}"
+    train = pd.read_parquet(data_root / setting.name / "train.parquet")
+    out: dict = {"setting": setting.name, "attack": setting.attack,
+                 "before": {k: attacked[k] for k in ("cacc", "asr", "count", "rate")}}
+
+    # ONION: threshold chosen on clean val rows, then test inputs filtered with the LM and classified by the
+    # poisoned model
+    val = read_split(splits, "val").sort_values("id").head(pp.onion_rows)
+    clean_sub = test.sort_values("id").head(pp.onion_rows)
+    trig_sub = triggered.sort_values("id").head(pp.onion_rows)
+    texts = val["text"].tolist() + clean_sub["text"].tolist() + trig_sub["text"].tolist()
+    lm, lm_tok = load_causal_lm(base_root / pp.onion_lm, choose_device("auto"))
+    scores = onion_scores(texts, lm, lm_tok)
+    del lm
+    nv, nc = len(val), len(clean_sub)
+    threshold, chosen = choose_onion_threshold(texts[:nv], val["label"].to_numpy(), scores[:nv],
+                                               pp.onion_thresholds, pp.onion_max_val_drop, adapter)
+    filtered = onion_apply(texts[nv:], scores[nv:], threshold)
+    before = score(adapter, clean_sub, trig_sub, target)
+    after = score(adapter, clean_sub.assign(text=filtered[:nc]), trig_sub.assign(text=filtered[nc:]), target)
+    out["onion"] = {"rows": int(len(clean_sub)), "threshold": threshold, **chosen,
+                    "cacc_before": before["cacc"], "asr_before": before["asr"],
+                    "cacc": after["cacc"], "asr": after["asr"]}
+
+    # training-set filters, each followed by retraining on the rows it keeps
+    y, poisoned = train["label"].to_numpy(), train["poisoned"].to_numpy()
+    spectral = spectral_flags(head_features(adapter, train["text"].tolist()), y, pp.spectral_eps)
+    corr, tokens = correlation_flags(train["text"].tolist(), y, pp.correlation_min_count, pp.correlation_max_df,
+                                     pp.correlation_alpha)
+    for name, flags, extra in (("spectral", spectral, {}), ("correlation", corr, {"tokens": tokens[:50]})):
+        with tempfile.TemporaryDirectory(prefix=f"peftlab-{name}-") as tmp:
+            kept = Path(tmp) / "splits"
+            write_poisoned_splits(train[~flags].reset_index(drop=True), splits, kept)
+            summary = train_on(params, kept, Path(tmp) / "adapter")
+            m = score(Path(tmp) / "adapter", test, triggered, target)
+        out[name] = {**detection(flags, poisoned), "cacc": m["cacc"], "asr": m["asr"],
+                     "train_rows": int((~flags).sum()), "train_seconds": summary["train_seconds"], **extra}
+    write_json(metrics_root / "defenses.json", out)
+    for name in ("onion", "spectral", "correlation"):
+        d = out[name]
+        pr = f", precision {d['precision']:.3f} recall {d['recall']:.3f}" if "precision" in d else ""
+        print(f"defense {name}: CACC {d['cacc']:.4f}, ASR {d['asr']:.4f}{pr}")
+    return out
