@@ -1,5 +1,5 @@
-"""peftlab: LoRA/QLoRA text classification as a reproducible DVC pipeline."""
-from peftlab.core.errors import PeftlabError
+"""peftlab: LoRA/QLoRA text classification as a reproducible DVC pipeline.
 
-__all__ = ["PeftlabError"]
-__version__ = "0.1.0"
+Subpackages, lowest layer first (a lower one never imports a higher one; pyproject.toml's import-linter
+contract checks it): core, config, data, modeling | report, train | evaluate, poison, compare, dashboard.
+"""

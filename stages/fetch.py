@@ -8,6 +8,7 @@ import argparse
 from peftlab.core.errors import run_cli
 from peftlab.config.params import load_params
 from peftlab.data.fetch import fetch_data, fetch_model
+from peftlab.core import paths
 
 
 def main() -> None:
@@ -16,11 +17,11 @@ def main() -> None:
     ap.add_argument("key", nargs="?", help="with `model`: a key of `models` in params.yaml")
     args = ap.parse_args()
     if args.what == "data":
-        fetch_data(load_params(["seed", "data"]), "data/raw")
+        fetch_data(load_params(["seed", "data"]), paths.RAW)
     else:
         if not args.key:
             ap.error("`model` needs a key of `models` in params.yaml")
-        fetch_model(load_params(["models"]), args.key, f"models/base/{args.key}")
+        fetch_model(load_params(["models"]), args.key, paths.base_model(args.key))
 
 
 if __name__ == "__main__":

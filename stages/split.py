@@ -2,10 +2,11 @@
 from peftlab.data.split import run_split
 from peftlab.core.errors import run_cli
 from peftlab.config.params import load_params
+from peftlab.core import paths
 
 
 def main() -> None:
-    run_split(load_params(["seed", "split"]), "data/raw", "data/splits", "metrics/split.json")
+    run_split(load_params(["seed", "split"]), paths.RAW, paths.SPLITS_DIR, paths.SPLIT_METRICS)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,13 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
-from peftlab.compare.report import escape_latex
 from peftlab.report.format import fmt, fmt_ci, md_table
+from peftlab.core import paths
 from peftlab.core.errors import PeftlabError
-from peftlab.report.format import escape_md
+from peftlab.report.format import escape_latex, escape_md
 
-METRICS_FILE = "metrics/evaluate.json"
-TRAIN_FILE = "metrics/train.json"
+METRICS_FILE = paths.eval_metrics(paths.MAIN).as_posix()
+TRAIN_FILE = paths.train_metrics(paths.MAIN).as_posix()
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

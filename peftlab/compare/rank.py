@@ -19,6 +19,7 @@ from statsmodels.stats.multitest import multipletests
 
 from peftlab.core.errors import PeftlabError
 from peftlab.core.io import read_json
+from peftlab.core import paths
 
 # Metrics where less is better; everything else weighted in the composite is higher-is-better.
 LOWER_IS_BETTER = frozenset({"latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "ttft_ms", "peak_mem_mb",
@@ -60,24 +61,23 @@ def collect(root: Path, runs: dict[str, str | None], llm: str | None = None, enc
     `encoder`: the models they use), the poisoned models; plus the test split's description. Stages that have
     not run are simply absent."""
     root = Path(root)
-    bench = _read(root / "metrics/benchmark.json") or {}
+    bench = _read(root / paths.BENCHMARK_METRICS) or {}
     methods = []
     for run, model in runs.items():
-        base = root / ("metrics" if run == "main" else f"metrics/sweep/{run}")
-        m = _read(base / "evaluate.json")
+        m = _read(root / paths.eval_metrics(run))
         if m is None:
             continue
-        methods.append(Method(run, "lora", m, model, root / f"data/predictions/{run}.parquet",
-                              root / f"dvclive/{run}/plots/metrics", bench.get(run, {}),
-                              _read(base / "train.json") or {}))
-    for name, m in (_read(root / "metrics/baseline.json") or {}).items():
-        methods.append(Method(name, "baseline", m, baseline_model(name, llm, encoder), predictions=root / f"data/predictions/baseline/{name}.parquet",
+        methods.append(Method(run, "lora", m, model, root / paths.predictions(run),
+                              root / paths.curves_dir(run), bench.get(run, {}),
+                              _read(root / paths.train_metrics(run)) or {}))
+    for name, m in (_read(root / paths.BASELINE_METRICS) or {}).items():
+        methods.append(Method(name, "baseline", m, baseline_model(name, llm, encoder), predictions=root / paths.baseline_predictions(name),
                               bench=bench.get(name, {})))
-    for name, m in (_read(root / "metrics/poison.json") or {}).items():
+    for name, m in (_read(root / paths.POISON_SUMMARY) or {}).items():
         if isinstance(m, dict) and "cacc" in m:   # settings; "defenses" is a report of its own
             methods.append(Method(f"poison:{name}", "poison", {"accuracy": m["cacc"], "asr": m.get("asr"),
                                                                "n": m.get("n"), **m}))
-    split = _read(root / "metrics/split.json") or {}
+    split = _read(root / paths.SPLIT_METRICS) or {}
     return methods, split.get("test", {})
 
 
@@ -308,8 +308,8 @@ def _figures(df: pd.DataFrame, methods: list[Method], poison: list[dict], out: P
 
 
 def run_compare(cp, runs: dict[str, str | None], root: Path = Path("."), seed: int = 42, base: str | None = None,
-                baseline_models: tuple[str | None, str | None] = (None, None), reports: Path = Path("reports"),
-                plots: Path = Path("plots/compare")):
+                baseline_models: tuple[str | None, str | None] = (None, None), reports: Path = paths.REPORTS,
+                plots: Path = paths.COMPARE_PLOTS):
     """Read every metrics file under `root`, rank, test, and write reports/results.{csv,json,tex}, report.md
     and plots/compare/. Everything is computed (and the base diff fetched) before the first file is replaced."""
     import os
@@ -326,7 +326,7 @@ def run_compare(cp, runs: dict[str, str | None], root: Path = Path("."), seed: i
     ref = choose_reference(df, cp.reference)
     df = pairwise(df, methods, ref, cp.bootstrap, seed)
     test_sets, categories = test_set_tables(methods)
-    examples = example_errors(methods, ref, root / "data/splits/test.parquet", cp.examples)
+    examples = example_errors(methods, ref, root / paths.SPLITS_DIR / "test.parquet", cp.examples)
     poison = [{**m.metrics, "setting": m.name.removeprefix("poison:")} for m in methods if m.kind == "poison"]
     diff = base_diff(base, root) if base else ""
     with atomic_path(plots, is_dir=True) as tmp:

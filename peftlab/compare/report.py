@@ -17,7 +17,7 @@ import pandas as pd
 from peftlab.core.errors import PeftlabError
 from peftlab.report.format import escape_latex, escape_md
 from peftlab.report.format import DASH
-from peftlab.report.format import _num
+from peftlab.report.format import as_number
 from peftlab.report.format import fmt
 from peftlab.report.format import fmt_ci
 from peftlab.report.format import fmt_p
@@ -44,7 +44,7 @@ class Report:
 
 def _score(row) -> str:
     s = fmt(row["score"])
-    return s + " †" if s != DASH and _num(row.get("coverage")) is not None and row["coverage"] < 0.999 else s
+    return s + " †" if s != DASH and as_number(row.get("coverage")) is not None and row["coverage"] < 0.999 else s
 
 
 def _headline_rows(r: Report, esc) -> tuple[list[str], list[list[str]]]:
@@ -67,14 +67,14 @@ def headline(r: Report) -> str:
     place = "ranks first (" if w["rank"] == 1 else f"is the reference (rank {w['rank']}, "
     text = (f"**{escape_md(r.reference)}** {place}score {fmt(w['score'])}): accuracy "
             f"{fmt_ci(w['accuracy'], w['acc_ci_low'], w['acc_ci_high'])}, macro F1 {fmt(w['f1_macro'])}")
-    if _num(w["samples_per_s"]) is not None:
+    if as_number(w["samples_per_s"]) is not None:
         text += f", {fmt(w['samples_per_s'], 1)} samples/s, p50 latency {fmt(w['latency_ms_p50'], 1)} ms"
     text += "."
     ranked = r.table[r.table["score"].notna()]
     best = ranked.loc[ranked["accuracy"].idxmax()] if ranked["accuracy"].notna().any() else None
     if best is not None and best["method"] != r.reference:
-        sig = "significant" if _num(best["p_holm"]) is not None and best["p_holm"] < r.alpha else "not significant"
-        gain = [None if _num(best[k]) is None else -best[k] for k in ("acc_diff", "diff_ci_high", "diff_ci_low")]
+        sig = "significant" if as_number(best["p_holm"]) is not None and best["p_holm"] < r.alpha else "not significant"
+        gain = [None if as_number(best[k]) is None else -best[k] for k in ("acc_diff", "diff_ci_high", "diff_ci_low")]
         text += (f" The most accurate is **{escape_md(best['method'])}** ({fmt(best['accuracy'])}, "
                  f"{fmt_ci(*gain, signed=True)} against {escape_md(r.reference)}; McNemar p = "
                  f"{fmt_p(best['p_mcnemar'])}, Holm {fmt_p(best['p_holm'])}: {sig} at α = {r.alpha:g}).")

@@ -61,8 +61,8 @@ def predictions(run: str) -> Path:
     return PREDICTIONS / f"{run}.parquet"
 
 
-def baseline_predictions(method: str) -> Path:
-    return BASELINE_PREDICTIONS / f"{method}.parquet"
+def baseline_predictions(method: str, root: Path = BASELINE_PREDICTIONS) -> Path:
+    return Path(root) / f"{method}.parquet"
 
 
 def live_dir(run: str) -> Path:
@@ -70,16 +70,36 @@ def live_dir(run: str) -> Path:
     return LIVE / run
 
 
-def poison_data(setting: str) -> Path:
-    return POISON_DATA / setting
+def curves_dir(run: str) -> Path:
+    """The training curves (loss.tsv, eval/accuracy.tsv) of a run, as the Trainer's DVCLiveCallback writes them."""
+    return live_dir(run) / "plots" / "metrics"
 
 
-def poison_adapter(setting: str) -> Path:
-    return ADAPTERS / f"poison-{setting}"
+def eval_plots(run: str) -> Path:
+    return Path("plots/evaluate") if run == MAIN else Path("plots/sweep") / run
 
 
-def poison_metrics(setting: str) -> Path:
-    return POISON_METRICS / f"{setting}.json"
+def eval_tables(run: str) -> Path:
+    """Stem of the evaluate tables (.csv and .tex are written next to it)."""
+    return REPORTS / "evaluate" if run == MAIN else REPORTS / "sweep" / run
+
+
+# Poisoning: `root` lets a defense retrain into a temporary folder with the same layout.
+def poison_data(setting: str, root: Path = POISON_DATA) -> Path:
+    """data/poison/<setting>/: the poisoned train split beside copies of the clean val split and manifest."""
+    return Path(root) / setting
+
+
+def poison_adapter(setting: str, root: Path = ADAPTERS) -> Path:
+    return Path(root) / f"poison-{setting}"
+
+
+def poison_metrics(setting: str, root: Path = POISON_METRICS) -> Path:
+    return Path(root) / f"{setting}.json"
+
+
+def defenses_metrics(root: Path = POISON_METRICS) -> Path:
+    return Path(root) / "defenses.json"
 
 
 @dataclasses.dataclass
@@ -108,7 +128,4 @@ class EvalPaths:
 
     @classmethod
     def for_run(cls, run: str) -> "EvalPaths":
-        main = run == MAIN
-        return cls(adapter(run), SPLITS_DIR, eval_metrics(run),
-                   Path("plots/evaluate") if main else Path("plots/sweep") / run, predictions(run),
-                   REPORTS / "evaluate" if main else REPORTS / "sweep" / run)
+        return cls(adapter(run), SPLITS_DIR, eval_metrics(run), eval_plots(run), predictions(run), eval_tables(run))

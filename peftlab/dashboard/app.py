@@ -20,6 +20,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from peftlab.core import paths
 from peftlab.dashboard import data as D
 from peftlab.dashboard import experiments as X
 
@@ -115,11 +116,11 @@ def filtered(board: pd.DataFrame, f: dict) -> pd.DataFrame:
 
 def leaderboard_section(repo: Path, board: pd.DataFrame, view: pd.DataFrame, source: str) -> None:
     st.header("Leaderboard")
-    if not (repo / "metrics/evaluate.json").is_file():
+    if not (repo / paths.eval_metrics(paths.MAIN)).is_file():
         st.warning(D.not_run("evaluate"))
-    if not (repo / "metrics/baseline.json").is_file():
+    if not (repo / paths.BASELINE_METRICS).is_file():
         st.info(D.not_run("baseline"))
-    if len(board) and not (repo / "metrics/benchmark.json").is_file():
+    if len(board) and not (repo / paths.BENCHMARK_METRICS).is_file():
         st.info(D.not_run("benchmark") + " Latency, throughput and memory stay empty until then.")
     if not len(board):
         return
@@ -237,7 +238,7 @@ def poison_section(repo: Path) -> None:
     if not len(settings):
         st.info(D.not_run("poison_report"))
         return
-    if not (repo / "metrics/poison.json").is_file():
+    if not (repo / paths.POISON_SUMMARY).is_file():
         st.info(D.not_run("poison_report") + " Showing the per-setting files of metrics/poison/.")
     sweep = settings[settings["count_sweep"]]
     if len(sweep):

@@ -18,6 +18,7 @@ import yaml
 from peftlab.compare.rank import LOWER_IS_BETTER as LOWER_IS_BETTER  # the app's default sort order, re-exported
 from peftlab.compare.rank import weighted_score
 from peftlab.config.params import CompareParams
+from peftlab.core import paths
 
 # The composite score is the compare stage's (same rule, same default weights), computed live from metrics/
 # when reports/results.json is missing or stale.
@@ -70,19 +71,19 @@ def sweep_runs(repo: Path) -> list[str]:
 def methods(repo: Path) -> list[Method]:
     """Every evaluated method: the main run, the sweep runs, then the baselines, in that order."""
     out = []
-    main = read_json(repo / "metrics" / "evaluate.json")
+    main = read_json(repo / paths.eval_metrics(paths.MAIN))
     if is_metrics(main):
-        out.append(Method("main", "fine-tuned", main, repo / "data/predictions/main.parquet",
-                          repo / "plots/evaluate"))
+        out.append(Method("main", "fine-tuned", main, repo / paths.predictions(paths.MAIN),
+                          repo / paths.eval_plots(paths.MAIN)))
     for run in sweep_runs(repo):
-        m = read_json(repo / "metrics" / "sweep" / run / "evaluate.json")
+        m = read_json(repo / paths.eval_metrics(run))
         if is_metrics(m):
-            out.append(Method(run, "fine-tuned", m, repo / f"data/predictions/{run}.parquet",
-                              repo / "plots/sweep" / run))
-    for name, m in (read_json(repo / "metrics" / "baseline.json") or {}).items():
+            out.append(Method(run, "fine-tuned", m, repo / paths.predictions(run),
+                              repo / paths.eval_plots(run)))
+    for name, m in (read_json(repo / paths.BASELINE_METRICS) or {}).items():
         if is_metrics(m):
             kind = KINDS.get(name) or ("classical" if name.startswith(("tfidf_", "emb_")) else "baseline")
-            out.append(Method(name, kind, m, repo / f"data/predictions/baseline/{name}.parquet", None))
+            out.append(Method(name, kind, m, repo / paths.baseline_predictions(name), None))
     return out
 
 

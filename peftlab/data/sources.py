@@ -174,48 +174,75 @@ def table_format(path: Path, fmt: str | None) -> tuple[str, str | None]:
     return fmt, compression
 
 
-def read_table(path: Path, fmt: str | None = None, encoding: str | None = None) -> pd.DataFrame:
-    fmt, _ = table_format(path, fmt)
+def text_encoding(encoding: str | None) -> str:
+    """The one encoding rule for text tables: the declared encoding, utf-8 by default, read as utf-8-sig so a
+    byte-order mark never ends up in the first column name or the first text."""
     enc = encoding or "utf-8"
+    return "utf-8-sig" if enc.lower().replace("_", "-") == "utf-8" else enc
+
+
+def read_table(path: Path, fmt: str | None = None, encoding: str | None = None, chunksize: int | None = None):
+    """A local table as one DataFrame, or an iterator of DataFrames of `chunksize` rows (csv, tsv, jsonl,
+    parquet; a JSON array is read whole). encoding_errors="replace": invalid bytes become U+FFFD instead of
+    aborting the whole file (to_contract counts them)."""
+    fmt, _ = table_format(path, fmt)
+    enc = text_encoding(encoding)
     try:
         if fmt in ("csv", "tsv"):
-            # encoding_errors="replace": invalid bytes become U+FFFD instead of aborting the whole file;
-            # utf-8-sig strips a byte-order mark from the first column name.
-            enc = "utf-8-sig" if enc.lower().replace("_", "-") == "utf-8" else enc
             return pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", encoding=enc, encoding_errors="replace",
-                               dtype=str, keep_default_na=True)
-        if fmt in ("jsonl", "json"):
-            enc = "utf-8-sig" if enc.lower().replace("_", "-") == "utf-8" else enc   # a BOM, as for csv
+                               dtype=str, keep_default_na=True, chunksize=chunksize)
+        if fmt == "jsonl" or (fmt == "json" and chunksize is None):
             return pd.read_json(path, lines=(fmt == "jsonl"), encoding=enc, encoding_errors="replace",
-                                dtype=False)
+                                dtype=False, chunksize=chunksize)
+        if fmt == "json":   # a JSON array cannot be read piecewise
+            return iter([read_table(path, fmt, encoding)])
+        if chunksize:
+            import pyarrow.parquet as pq
+            return (b.to_pandas() for b in pq.ParquetFile(path).iter_batches(batch_size=chunksize))
         return pd.read_parquet(path)
     except (ValueError, UnicodeError, OSError, pd.errors.ParserError) as e:
         raise PeftlabError(f"cannot read {path.name} as {fmt}: {str(e).splitlines()[0]}") from None
 
 
-def load_hf_dataset(source: Source, entry: dict, max_samples: int | None) -> tuple[pd.DataFrame, dict]:
-    """Real Hub path (also works on a local folder in Hub layout). Returns the frame and ClassLabel names."""
+def open_hub_dataset(target: str, entry: dict, config: str | None, revision: str | None, streaming: bool):
+    """The one Hub loader (`datasets.load_dataset`; a local folder in Hub layout works the same way): the
+    dataset and the ClassLabel names it declares. Streaming parquet skips pre-buffering, which would hold a
+    large share of each file in memory."""
     import datasets
 
-    split = entry.get("split") or "train"
-    kwargs: dict[str, Any] = {"split": split, "streaming": bool(entry.get("streaming"))}
-    if entry.get("config"):
-        kwargs["name"] = entry["config"]
-    if source.revision:
-        kwargs["revision"] = source.revision
+    kwargs: dict[str, Any] = {"split": entry.get("split") or "train", "streaming": streaming}
+    if config:
+        kwargs["name"] = config
+    if revision:
+        kwargs["revision"] = revision
     try:
-        ds = datasets.load_dataset(source.target, **kwargs)
+        try:
+            if not streaming:
+                raise TypeError("fragment_scan_options: only for streaming")
+            import pyarrow.dataset as pads
+            ds = datasets.load_dataset(target, **kwargs,
+                                       fragment_scan_options=pads.ParquetFragmentScanOptions(pre_buffer=False))
+        except (TypeError, ValueError) as e:
+            if "fragment_scan_options" not in str(e):
+                raise
+            ds = datasets.load_dataset(target, **kwargs)   # csv / json builders have no such option
     except Exception as e:  # the Hub raises many types; all mean "could not load this source"
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "gated" in msg.lower() or "401" in msg:
             msg += " (a gated dataset: accept its terms on the Hub and set HF_TOKEN)"
-        raise PeftlabError(f"cannot load {source}: {msg}") from None
-    class_names = {}
-    features = getattr(ds, "features", None) or {}
-    for col, feat in features.items():
-        if isinstance(feat, datasets.ClassLabel):
-            class_names[col] = list(feat.names)
-    if kwargs["streaming"]:
+        where = f" (config {config!r})" if config else ""
+        raise PeftlabError(f"cannot load {entry.get('source', target)}{where}: {msg}") from None
+    names = {c: list(f.names) for c, f in (getattr(ds, "features", None) or {}).items()
+             if isinstance(f, datasets.ClassLabel)}
+    return ds, names
+
+
+def load_hf_dataset(source: Source, entry: dict, max_samples: int | None) -> tuple[pd.DataFrame, dict]:
+    """Real Hub path (also works on a local folder in Hub layout). Returns the frame and ClassLabel names."""
+    streaming = bool(entry.get("streaming"))
+    ds, class_names = open_hub_dataset(source.target, {**entry, "source": str(source)}, entry.get("config"),
+                                       source.revision, streaming)
+    if streaming:
         from tqdm.auto import tqdm
         rows = []
         for row in tqdm(ds, total=max_samples, desc=f"streaming {source}", unit="rows"):

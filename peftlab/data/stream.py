@@ -26,17 +26,15 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from peftlab.core.errors import PeftlabError
 from peftlab.core.io import atomic_path, stable_hash, write_json
-from peftlab.data.sources import table_format, local_path, parse_source, read_source_frame, to_contract
+from peftlab.data.sources import open_hub_dataset, read_table, local_path, parse_source, read_source_frame, to_contract
 
 BATCH_ROWS = 50_000          # rows mapped at a time: a few tens of MB of review text
 SHARD_ROWS = 1_000_000       # rows per output parquet shard
 TEMPLATE_COLUMN = "__text__"
-_SCAN = pads.ParquetFragmentScanOptions(pre_buffer=False)
 
 
 def wants_streaming(entry: dict) -> bool:
@@ -78,27 +76,10 @@ def apply_text_template(raw: pd.DataFrame, entry: dict) -> tuple[pd.DataFrame, d
 
 def _hub_batches(target: str, entry: dict, revision: str | None, batch_rows: int, stop: set
                  ) -> Iterator[tuple[str | None, pd.DataFrame, dict]]:
-    import datasets
-
     configs = entry.get("configs") or [entry.get("config")]
     prefix = entry.get("config_prefix") or ""
     for config in configs:
-        kwargs: dict[str, Any] = {"split": entry.get("split") or "train", "streaming": True}
-        if config:
-            kwargs["name"] = config
-        if revision:
-            kwargs["revision"] = revision
-        try:
-            try:   # parquet: no pre-buffering, which would hold a large share of each file in memory
-                ds = datasets.load_dataset(target, **kwargs, fragment_scan_options=_SCAN)
-            except (TypeError, ValueError) as e:
-                if "fragment_scan_options" not in str(e):
-                    raise
-                ds = datasets.load_dataset(target, **kwargs)   # csv / json builders have no such option
-        except Exception as e:  # the Hub raises many types; all mean "could not load this source"
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise PeftlabError(f"cannot stream {entry['source']} (config {config!r}): {msg}") from None
-        names = {c: list(f.names) for c, f in (ds.features or {}).items() if isinstance(f, datasets.ClassLabel)}
+        ds, names = open_hub_dataset(target, entry, config, revision, streaming=True)
         category = config[len(prefix):] if entry.get("configs") and config.startswith(prefix) else \
             (config if entry.get("configs") else None)
         for table in ds.with_format("arrow").iter(batch_size=batch_rows):
@@ -108,20 +89,7 @@ def _hub_batches(target: str, entry: dict, revision: str | None, batch_rows: int
 
 
 def _file_batches(path: Path, entry: dict, batch_rows: int) -> Iterator[pd.DataFrame]:
-    fmt, _ = table_format(path, entry.get("format"))   # refuses pickle formats first
-    enc = entry.get("encoding") or "utf-8"
-    if fmt == "parquet":
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-            yield batch.to_pandas()
-    elif fmt in ("csv", "tsv"):
-        enc = "utf-8-sig" if enc.lower().replace("_", "-") == "utf-8" else enc
-        yield from pd.read_csv(path, sep="\t" if fmt == "tsv" else ",", encoding=enc, encoding_errors="replace",
-                               dtype=str, chunksize=batch_rows)
-    elif fmt == "jsonl":
-        yield from pd.read_json(path, lines=True, encoding=enc, encoding_errors="replace", dtype=False,
-                                chunksize=batch_rows)
-    else:  # a JSON array cannot be read piecewise
-        yield read_source_frame({**entry, "source": f"local:{path}"})[0]
+    yield from read_table(path, entry.get("format"), entry.get("encoding"), chunksize=batch_rows)
 
 
 def iter_source_batches(entry: dict, batch_rows: int = BATCH_ROWS, stop: set | None = None

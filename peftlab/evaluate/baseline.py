@@ -22,6 +22,7 @@ from peftlab.config.params import BaselineParams, Params
 from peftlab.modeling.predict import PromptSpec, calibrate, generate_answers, mean_pooled_embeddings, parse_label, score_labels, softmax_rows
 from peftlab.report.format import metrics_row, write_tables
 from peftlab.report.plots import plot_bars
+from peftlab.core import paths
 
 
 @dataclass
@@ -58,7 +59,7 @@ def draw_demos(train: pd.DataFrame, shots: int, seed: int) -> list[tuple[str, in
 def llm_baselines(bp: BaselineParams, seed: int, labels: list[str], train: pd.DataFrame, val: pd.DataFrame,
                   test: pd.DataFrame, methods: list[str]) -> dict[str, Scored]:
     device = choose_device(bp.device)
-    model, tok = load_causal_lm(Path("models/base") / bp.llm, device)
+    model, tok = load_causal_lm(paths.base_model(bp.llm), device)
     tok.padding_side = "left"
     demos = draw_demos(train, bp.shots, seed)
     sel = stratified_sample(val, bp.select_rows, seed)
@@ -109,7 +110,7 @@ def encoder_baselines(bp: BaselineParams, seed: int, labels: list[str], train: p
     from sklearn.svm import SVC
 
     device = choose_device(bp.device)
-    model, tok = load_encoder(Path("models/base") / bp.encoder, device)
+    model, tok = load_encoder(paths.base_model(bp.encoder), device)
 
     def embed(texts: list[str]) -> np.ndarray:
         return mean_pooled_embeddings(model, tok, texts, bp.max_length, 64, device)
@@ -195,9 +196,9 @@ def dummy_baselines(seed: int, labels: list[str], train: pd.DataFrame, test: pd.
 
 # --- the stage -------------------------------------------------------------------------------------------
 
-def run_baseline(params: Params, splits: Path = Path("data/splits"), metrics_path: Path = Path("metrics/baseline.json"),
-                 plots: Path = Path("plots/baseline"), predictions: Path = Path("data/predictions/baseline"),
-                 tables: Path = Path("reports/baseline")) -> dict:
+def run_baseline(params: Params, splits: Path = paths.SPLITS_DIR, metrics_path: Path = paths.BASELINE_METRICS,
+                 plots: Path = paths.BASELINE_PLOTS, predictions: Path = paths.BASELINE_PREDICTIONS,
+                 tables: Path = paths.BASELINE_TABLES) -> dict:
     bp, seed = params.baseline, params.seed
     labels = read_labels(splits)
     train, val, test = (read_split(splits, s) for s in ("train", "val", "test"))
@@ -217,7 +218,7 @@ def run_baseline(params: Params, splits: Path = Path("data/splits"), metrics_pat
         m = classification_metrics(y, r.pred, r.probs, labels, bootstrap=params.evaluate.bootstrap, seed=seed)
         metrics[name] = {**m, **r.extra}
         rows.append(metrics_row(name, m))
-        write_parquet(predictions / f"{name}.parquet", prediction_frame(test, r.probs, r.pred, labels))
+        write_parquet(paths.baseline_predictions(name, predictions), prediction_frame(test, r.probs, r.pred, labels))
         print(f"baseline {name:17s} accuracy {m['accuracy']:.4f}  macro F1 {m['f1_macro']:.4f}"
               + (f"  unparsed {m['unparsed']}" if m["unparsed"] else ""))
     write_json(metrics_path, metrics)

@@ -25,6 +25,7 @@ from peftlab.core.errors import PeftlabError, run_cli
 from peftlab.core.io import read_json, write_json
 from peftlab.modeling.load import choose_device, load_causal_lm, load_trained, synchronize
 from peftlab.config.params import Params
+from peftlab.core import paths
 
 PERCENTILES = (50, 90, 99)
 
@@ -138,27 +139,26 @@ def bench_one(spec: dict) -> dict:
     return {**result, **sizes, "peak_mem_mb": peak_memory_mb(device), "environment": environment(device)}
 
 
-def run_benchmark(params: Params, runs: list[str], out_metrics: Path = Path("metrics/benchmark.json"),
-                  plots: Path = Path("plots/benchmark")) -> dict:
+def run_benchmark(params: Params, runs: list[str], out_metrics: Path = paths.BENCHMARK_METRICS,
+                  plots: Path = paths.BENCHMARK_PLOTS) -> dict:
     """benchmark stage: every trained run and the zero-shot LLM, each measured in a fresh process."""
     from peftlab.evaluate.baseline import candidate
     from peftlab.report.plots import plot_latency, plot_throughput
-    from peftlab.core.paths import RunPaths
 
     bp = params.benchmark
     common = {"device": bp.device, "threads": bp.threads, "rows": bp.rows, "latency_samples": bp.latency_samples,
-              "warmup": bp.warmup, "batch_sizes": list(bp.batch_sizes), "splits": "data/splits",
+              "warmup": bp.warmup, "batch_sizes": list(bp.batch_sizes), "splits": str(paths.SPLITS_DIR),
               "merge": params.evaluate.merge_lora}
     specs = []
     for run in runs:
-        specs.append({**common, "name": run, "kind": "adapter", "path": f"models/adapters/{run}"})
+        specs.append({**common, "name": run, "kind": "adapter", "path": str(paths.adapter(run))})
     if bp.zeroshot:
-        baseline_metrics = Path("metrics/baseline.json")
+        baseline_metrics = paths.BASELINE_METRICS
         chosen = read_json(baseline_metrics).get("llm_zeroshot", {}).get("chosen", {}) \
             if baseline_metrics.exists() else {}
         prompt = candidate(params.baseline, chosen.get("prompt", 0), chosen.get("prefill", params.baseline.prefills[0]))
         specs.append({**common, "name": "llm_zeroshot", "kind": "zeroshot", "prompt": asdict(prompt),
-                      "path": f"models/base/{params.baseline.llm}"})
+                      "path": str(paths.base_model(params.baseline.llm))})
     results = {}
     for spec in specs:
         print(f"benchmark {spec['name']}: measuring in a fresh process ...", flush=True)
@@ -167,7 +167,7 @@ def run_benchmark(params: Params, runs: list[str], out_metrics: Path = Path("met
         if proc.returncode != 0:
             raise PeftlabError(f"benchmark of {spec['name']} failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
         r = json.loads(proc.stdout.strip().splitlines()[-1])
-        train_metrics = RunPaths.for_run(spec["name"]).metrics
+        train_metrics = paths.train_metrics(spec["name"])
         if train_metrics.exists():
             t = read_json(train_metrics)
             r.update(trainable_params=t["trainable_params"], train_seconds=t["train_seconds"],

@@ -19,6 +19,7 @@ from peftlab.poison.runs import score
 from peftlab.poison.runs import train_on
 from peftlab.poison.attacks import triggered_test
 from peftlab.poison.runs import write_poisoned_splits
+from peftlab.core import paths
 
 
 def sequence_nll(model, tok, texts: list[str], batch_size: int = 64) -> np.ndarray:
@@ -168,9 +169,9 @@ def detection(flags: np.ndarray, poisoned: np.ndarray) -> dict:
             "recall": float(recall_score(poisoned, flags, zero_division=0))}
 
 
-def run_defenses(params: Params, splits: Path = Path("data/splits"), data_root: Path = Path("data/poison"),
-                 adapter_root: Path = Path("models/adapters"), base_root: Path = Path("models/base"),
-                 metrics_root: Path = Path("metrics/poison")) -> dict:
+def run_defenses(params: Params, splits: Path = paths.SPLITS_DIR, data_root: Path = paths.POISON_DATA,
+                 adapter_root: Path = paths.ADAPTERS, base_root: Path = paths.BASE_MODELS,
+                 metrics_root: Path = paths.POISON_METRICS) -> dict:
     """poison_defend stage: ONION at test time, and spectral / correlation filtering of the training set
     followed by retraining, against the `poison.defend` setting."""
     from peftlab.modeling.load import choose_device, load_causal_lm
@@ -181,9 +182,9 @@ def run_defenses(params: Params, splits: Path = Path("data/splits"), data_root: 
     target = labels.index(pp.target)
     test = read_split(splits, "test")
     triggered = triggered_test(test, labels, setting.attack, pp, seed)
-    attacked = read_json(metrics_root / f"{setting.name}.json")
-    adapter = adapter_root / f"poison-{setting.name}"
-    train = pd.read_parquet(data_root / setting.name / "train.parquet")
+    attacked = read_json(paths.poison_metrics(setting.name, metrics_root))
+    adapter = paths.poison_adapter(setting.name, adapter_root)
+    train = pd.read_parquet(paths.poison_data(setting.name, data_root) / "train.parquet")
     out: dict = {"setting": setting.name, "attack": setting.attack,
                  "before": {k: attacked[k] for k in ("cacc", "asr", "count", "rate")}}
 
@@ -219,7 +220,7 @@ def run_defenses(params: Params, splits: Path = Path("data/splits"), data_root: 
             m = score(Path(tmp) / "adapter", test, triggered, target)
         out[name] = {**detection(flags, poisoned), "cacc": m["cacc"], "asr": m["asr"],
                      "train_rows": int((~flags).sum()), "train_seconds": summary["train_seconds"], **extra}
-    write_json(metrics_root / "defenses.json", out)
+    write_json(paths.defenses_metrics(metrics_root), out)
     for name in ("onion", "spectral", "correlation"):
         d = out[name]
         pr = f", precision {d['precision']:.3f} recall {d['recall']:.3f}" if "precision" in d else ""

@@ -26,6 +26,7 @@ from peftlab.poison.attacks import Setting
 from peftlab.poison.attacks import attack_success_rate
 from peftlab.poison.attacks import poison_train
 from peftlab.poison.attacks import triggered_test
+from peftlab.core import paths
 
 
 # --- attacks ---------------------------------------------------------------------------------------------
@@ -45,7 +46,6 @@ def train_on(params: Params, splits: Path, adapter: Path) -> dict:
     """LoRA training with the clean run's params on `splits` (batch size, epochs and validation rows from the
     poison section: a few thousand rows need more, smaller steps than the whole split); checkpoints stay in a
     temp folder."""
-    from peftlab.core.paths import RunPaths
     from peftlab.train.run import run_train
 
     pp = params.poison
@@ -53,8 +53,8 @@ def train_on(params: Params, splits: Path, adapter: Path) -> dict:
                              max_eval_samples=pp.eval_rows, epochs=pp.epochs or params.train.epochs)
     with tempfile.TemporaryDirectory(prefix="peftlab-poison-") as tmp:
         tmp = Path(tmp)
-        paths = RunPaths(splits, adapter, tmp / "checkpoints", tmp / "live", tmp / "train.json")
-        return run_train(dataclasses.replace(params, train=tp), paths)
+        run = paths.RunPaths(splits, adapter, tmp / "checkpoints", tmp / "live", tmp / "train.json")
+        return run_train(dataclasses.replace(params, train=tp), run)
 
 
 def predict(adapter: Path, texts: list[str], batch_size: int = 64) -> np.ndarray:
@@ -73,9 +73,9 @@ def score(adapter: Path, test: pd.DataFrame, triggered: pd.DataFrame, target: in
             "asr_n": int(len(triggered)), "n": int(len(test))}
 
 
-def run_poison(params: Params, setting: Setting, splits: Path = Path("data/splits"),
-               data_root: Path = Path("data/poison"), adapter_root: Path = Path("models/adapters"),
-               metrics_root: Path = Path("metrics/poison")) -> dict:
+def run_poison(params: Params, setting: Setting, splits: Path = paths.SPLITS_DIR,
+               data_root: Path = paths.POISON_DATA, adapter_root: Path = paths.ADAPTERS,
+               metrics_root: Path = paths.POISON_METRICS) -> dict:
     """poison stage: poison the training split per `setting`, train, report CACC and ASR."""
     pp, seed = params.poison, params.seed
     labels = read_labels(splits)
@@ -83,16 +83,16 @@ def run_poison(params: Params, setting: Setting, splits: Path = Path("data/split
     if setting.train_rows and setting.train_rows < len(train):
         train = train.sort_values("id").sample(n=setting.train_rows, random_state=seed)
     poisoned = poison_train(train, labels, setting, pp, seed)
-    out_dir = data_root / setting.name
+    out_dir = paths.poison_data(setting.name, data_root)
     write_poisoned_splits(poisoned, splits, out_dir)
-    adapter = adapter_root / f"poison-{setting.name}"
+    adapter = paths.poison_adapter(setting.name, adapter_root)
     summary = train_on(params, out_dir, adapter)
     target = labels.index(pp.target)
     m = score(adapter, test, triggered_test(test, labels, setting.attack, pp, seed), target)
     n_poison = int(poisoned["poisoned"].sum())
     result = {"attack": setting.attack, "count": n_poison, "rate": n_poison / len(poisoned),
               "train_rows": int(len(poisoned)), **m, "train_seconds": summary["train_seconds"]}
-    write_json(metrics_root / f"{setting.name}.json", result)
+    write_json(paths.poison_metrics(setting.name, metrics_root), result)
     print(f"poison {setting.name}: {n_poison} of {len(poisoned)} rows ({setting.attack}): "
           f"CACC {m['cacc']:.4f}, ASR {m['asr']:.4f} on {m['asr_n']} triggered test rows")
     return result

@@ -1,15 +1,61 @@
-"""Tables (csv, LaTeX, Markdown) and the one number formatter.
+"""Tables (csv, LaTeX, Markdown) and the one number formatter (`fmt`, `fmt_ci`, `fmt_p`, `cell`).
 
 Every string that reaches a table passes through an escaper for its format, so a method name or a review
-with `|`, `<script>` or `_&%$#` cannot break (or inject into) a Markdown, HTML or LaTeX document."""
+with `|`, `<script>` or `_&%$#` cannot break (or inject into) a Markdown, HTML or LaTeX document.
+"""
 from __future__ import annotations
 
 import html
+import math
 import re
 from pathlib import Path
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from peftlab.core.io import write_text  # noqa: E402
+
+import pandas as pd
+
+from peftlab.core.io import write_text
+
+DASH = "–"
+
+
+def as_number(v) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(f) else f
+
+
+def fmt(v, digits: int = 3) -> str:
+    f = as_number(v)
+    return DASH if f is None else f"{f:.{digits}f}"
+
+
+def fmt_p(p) -> str:
+    f = as_number(p)
+    return DASH if f is None else ("<0.001" if f < 0.001 else f"{f:.3f}")
+
+
+def fmt_ci(v, lo, hi, digits: int = 3, signed: bool = False) -> str:
+    f = as_number(v)
+    if f is None:
+        return DASH
+    s = f"{f:+.{digits}f}" if signed else f"{f:.{digits}f}"
+    if as_number(lo) is None or as_number(hi) is None:
+        return s
+    sign = "+" if signed else ""
+    return f"{s} [{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"
+
+
+def cell(v, digits: int = 4) -> str:
+    """A table cell: numbers (None and NaN included) through fmt, anything else as its text."""
+    return fmt(v, digits) if v is None or isinstance(v, float) else str(v)
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    """Cells arrive formatted; the caller escapes user text with escape_md (numbers need no escaping)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -34,19 +80,11 @@ def escape_md(text: str) -> str:
     return _MD_SPECIAL.sub(r"\\\1", t)
 
 
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and np.isnan(v)):
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return str(v)
-
-
 def to_markdown(df: pd.DataFrame) -> str:
     cols = [escape_md(c) for c in df.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for _, row in df.iterrows():
-        lines.append("| " + " | ".join(escape_md(_fmt(v)) for v in row) + " |")
+        lines.append("| " + " | ".join(escape_md(cell(v)) for v in row) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -55,7 +93,7 @@ def to_latex(df: pd.DataFrame, caption: str = "", label: str = "") -> str:
     cols = "l" + "r" * (len(df.columns) - 1)
     body = [" & ".join(escape_latex(c) for c in df.columns) + r" \\", r"\midrule"]
     for _, row in df.iterrows():
-        body.append(" & ".join(escape_latex(_fmt(v)) for v in row) + r" \\")
+        body.append(" & ".join(escape_latex(cell(v)) for v in row) + r" \\")
     out = [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{cols}}}", r"\toprule", *body,
            r"\bottomrule", r"\end{tabular}"]
     if caption:
@@ -84,43 +122,3 @@ def metrics_row(name: str, m: dict) -> dict:
             "recall_macro": m.get("recall_macro"), "roc_auc": m.get("roc_auc"), "pr_auc": m.get("pr_auc"),
             "n": m.get("n")}
 
-import math
-
-
-DASH = "–"
-
-
-def _num(v) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(f) else f
-
-
-def fmt(v, digits: int = 3) -> str:
-    f = _num(v)
-    return DASH if f is None else f"{f:.{digits}f}"
-
-
-def fmt_p(p) -> str:
-    f = _num(p)
-    return DASH if f is None else ("<0.001" if f < 0.001 else f"{f:.3f}")
-
-
-def fmt_ci(v, lo, hi, digits: int = 3, signed: bool = False) -> str:
-    f = _num(v)
-    if f is None:
-        return DASH
-    s = f"{f:+.{digits}f}" if signed else f"{f:.{digits}f}"
-    if _num(lo) is None or _num(hi) is None:
-        return s
-    sign = "+" if signed else ""
-    return f"{s} [{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"
-
-
-def md_table(header: list[str], rows: list[list[str]]) -> str:
-    """Cells arrive formatted; the caller escapes user text with escape_md (numbers need no escaping)."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines) + "\n"

@@ -14,7 +14,6 @@ import dataclasses
 import json
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,6 +28,7 @@ from peftlab.config.params import Params
 from peftlab.modeling.predict import PromptSpec, predict_probs
 from peftlab.train.checkpoints import checkpoint_step, dvclive_callback, last_complete_checkpoint, sorted_adapter_config, whole_run_train_loss
 from peftlab.core.paths import RunPaths
+from peftlab.core import paths
 
 # pip packages of the Trainer's trackers, for the error when one is asked for but not installed
 TRACKER_PACKAGES = {"tensorboard": "tensorboard (or tensorboardX)", "mlflow": "mlflow", "wandb": "wandb",
@@ -54,7 +54,7 @@ def check_report_to(report_to: list[str]) -> None:
 
 
 def model_setup(params: Params, labels: list[str]) -> ModelSetup:
-    base_dir = Path("models/base") / params.model.name
+    base_dir = paths.base_model(params.model.name)
     info = base_info(base_dir)
     head = params.model.head or info.get("head") or "classifier"
     check_head(info["family"], head)
