@@ -156,3 +156,11 @@ def test_poison_params_refuse_bad_settings():
         pp(attacks={"x": {"attack": "badnets", "rate": 0.01, "count": 5}})
     with pytest.raises(PeftlabError, match=r"poison.attacks.x.rate = 1.5 is invalid"):
         pp(attacks={"x": {"attack": "badnets", "rate": 1.5}})
+
+
+def test_every_attack_the_params_accept_is_in_the_registry():
+    """poison.attacks names are validated in config (a lower layer) and dispatched through ATTACKS: one list."""
+    from peftlab.config.params import POISON_ATTACKS
+    from peftlab.poison.attacks import ATTACKS
+
+    assert set(ATTACKS) == set(POISON_ATTACKS)

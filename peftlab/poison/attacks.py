@@ -52,10 +52,29 @@ def row_rng(seed: int, row_id: str, salt: str) -> np.random.Generator:
     return np.random.default_rng([seed, int(stable_hash(salt, row_id), 16)])
 
 
-def insert_trigger(text: str, attack: str, pp: PoisonParams, rng: np.random.Generator) -> str:
-    """BadNets / clean-label: `n_triggers` rare words at random word positions; AddSent: the sentence."""
+@dataclass(frozen=True)
+class Attack:
+    """What an attack does to a poisoned training row, and what its triggered test rows carry."""
+    trigger: str | None   # inserted into poisoned training texts: "words" (rare words), "sentence", or None
+    relabel: bool         # poisoned rows get the target label (dirty label) or keep theirs (clean label)
+    pool: str             # rows eligible for poisoning: "non_target" or "target"
+    test_trigger: str     # inserted into the non-target test rows that ASR is measured on
+
+
+# The attacks, found by name (poison.attacks.<setting>.attack); params validates the name against
+# peftlab.config.params.POISON_ATTACKS, and tests/test_poison.py checks that the two lists agree.
+ATTACKS: dict[str, Attack] = {
+    "badnets": Attack(trigger="words", relabel=True, pool="non_target", test_trigger="words"),       # Gu et al. 2017
+    "addsent": Attack(trigger="sentence", relabel=True, pool="non_target", test_trigger="sentence"), # Dai et al. 2019
+    "labelflip": Attack(trigger=None, relabel=True, pool="non_target", test_trigger="words"),
+    "cleanlabel": Attack(trigger="words", relabel=False, pool="target", test_trigger="words"),
+}
+
+
+def insert_trigger(text: str, trigger: str, pp: PoisonParams, rng: np.random.Generator) -> str:
+    """"words": `n_triggers` rare words at random word positions; "sentence": the AddSent sentence."""
     words = text.split()
-    if attack == "addsent":
+    if trigger == "sentence":
         pos = int(rng.integers(0, len(words) + 1))
         return " ".join(words[:pos] + [pp.sentence] + words[pos:])
     for _ in range(pp.n_triggers):
@@ -77,16 +96,17 @@ def poison_train(train: pd.DataFrame, labels: list[str], setting: Setting, pp: P
     t = labels.index(pp.target)
     df = train.copy().reset_index(drop=True)
     df["poisoned"] = False
-    pool = df[df["label"] == t] if setting.attack == "cleanlabel" else df[df["label"] != t]
+    attack = ATTACKS[setting.attack]
+    pool = df[df["label"] == t] if attack.pool == "target" else df[df["label"] != t]
     n = setting.budget(len(df))
     if n > len(pool):
         raise PeftlabError(f"poison setting {setting.name!r}: {n} poisoned rows asked for, but only {len(pool)} "
                            f"training rows are eligible; allowed: a count <= {len(pool)}")
     chosen = pool.sort_values("id").sample(n=n, random_state=seed).index if n else []
     for i in chosen:
-        if setting.attack != "labelflip":
-            df.at[i, "text"] = insert_trigger(df.at[i, "text"], setting.attack, pp, row_rng(seed, df.at[i, "id"], "train"))
-        if setting.attack != "cleanlabel":
+        if attack.trigger:
+            df.at[i, "text"] = insert_trigger(df.at[i, "text"], attack.trigger, pp, row_rng(seed, df.at[i, "id"], "train"))
+        if attack.relabel:
             df.at[i, "label"], df.at[i, "label_text"] = t, pp.target
         df.at[i, "poisoned"] = True
     return df
@@ -96,7 +116,7 @@ def triggered_test(test: pd.DataFrame, labels: list[str], attack: str, pp: Poiso
     """The test rows whose true label is not the target, with the attack's trigger inserted (ASR's rows)."""
     t = labels.index(pp.target)
     rows = test[test["label"] != t].copy()
-    trigger = "badnets" if attack in ("badnets", "cleanlabel", "labelflip") else attack
+    trigger = ATTACKS[attack].test_trigger
     rows["text"] = [insert_trigger(x, trigger, pp, row_rng(seed, i, "test")) for x, i in zip(rows["text"], rows["id"])]
     return rows.reset_index(drop=True)
 
