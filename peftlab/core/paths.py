@@ -43,9 +43,12 @@ def adapter(run: str) -> Path:
     return ADAPTERS / run
 
 
+SWEEP_METRICS = Path("metrics/sweep")
+
+
 def run_metrics_dir(run: str) -> Path:
     """metrics/ for the main run, metrics/sweep/<run>/ for a sweep run."""
-    return Path("metrics") if run == MAIN else Path("metrics/sweep") / run
+    return Path("metrics") if run == MAIN else SWEEP_METRICS / run
 
 
 def train_metrics(run: str) -> Path:

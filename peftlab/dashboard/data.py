@@ -64,8 +64,9 @@ class Method:
 
 
 def sweep_runs(repo: Path) -> list[str]:
-    root = repo / "metrics" / "sweep"
-    return sorted(p.name for p in root.iterdir() if (p / "evaluate.json").is_file()) if root.is_dir() else []
+    root = repo / paths.SWEEP_METRICS
+    return sorted(p.name for p in root.iterdir() if (repo / paths.eval_metrics(p.name)).is_file()) \
+        if root.is_dir() else []
 
 
 def methods(repo: Path) -> list[Method]:
