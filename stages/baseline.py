@@ -1,7 +1,7 @@
 """baseline: zero-shot, majority/random and classical baselines on the test split (metrics/baseline.json)."""
-from peftlab.evaluate.baseline import run_baseline
-from peftlab.core.errors import run_cli
 from peftlab.config.params import load_params
+from peftlab.core.errors import run_cli
+from peftlab.evaluate.baseline import run_baseline
 
 
 def main() -> None:

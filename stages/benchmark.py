@@ -5,9 +5,9 @@ Each model is measured in a fresh process, so its peak memory is its own.
 """
 import argparse
 
-from peftlab.evaluate.benchmark import run_benchmark
-from peftlab.core.errors import run_cli
 from peftlab.config.params import load_params
+from peftlab.core.errors import run_cli
+from peftlab.evaluate.benchmark import run_benchmark
 
 
 def main() -> None:

@@ -6,8 +6,8 @@
 """
 import argparse
 
-from peftlab.core.errors import run_cli
 from peftlab.config.params import apply_sweep, load_params
+from peftlab.core.errors import run_cli
 
 
 def main() -> None:

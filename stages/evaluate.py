@@ -1,10 +1,10 @@
 """evaluate: score the test split with a trained adapter; metrics, plots, predictions, csv/tex table."""
 import argparse
 
+from peftlab.config.params import apply_sweep, load_params
 from peftlab.core.errors import run_cli
 from peftlab.core.paths import EvalPaths
 from peftlab.evaluate.run import run_evaluate
-from peftlab.config.params import apply_sweep, load_params
 
 
 def main() -> None:

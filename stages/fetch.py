@@ -5,10 +5,10 @@
 """
 import argparse
 
-from peftlab.core.errors import run_cli
 from peftlab.config.params import load_params
-from peftlab.data.fetch import fetch_data, fetch_model
 from peftlab.core import paths
+from peftlab.core.errors import run_cli
+from peftlab.data.fetch import fetch_data, fetch_model
 
 
 def main() -> None:

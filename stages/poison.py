@@ -7,8 +7,8 @@
 """
 import argparse
 
-from peftlab.core.errors import run_cli
 from peftlab.config.params import load_params
+from peftlab.core.errors import run_cli
 from peftlab.poison.attacks import count_setting, setting_from_params
 from peftlab.poison.defenses import run_defenses
 from peftlab.poison.runs import run_poison

@@ -14,10 +14,9 @@ from typing import Any, Callable, Iterator
 
 import pandas as pd
 
-from peftlab.report.format import fmt, fmt_ci, md_table
 from peftlab.core import paths
 from peftlab.core.errors import PeftlabError
-from peftlab.report.format import escape_latex, escape_md
+from peftlab.report.format import escape_latex, escape_md, fmt, fmt_ci, md_table
 
 METRICS_FILE = paths.eval_metrics(paths.MAIN).as_posix()
 TRAIN_FILE = paths.train_metrics(paths.MAIN).as_posix()

@@ -59,6 +59,9 @@ def eval_metrics(run: str) -> Path:
     return run_metrics_dir(run) / "evaluate.json"
 
 
+MAIN_EVAL_METRICS = eval_metrics(MAIN)   # metrics/evaluate.json: the clean reference of whole-split attacks
+
+
 def predictions(run: str) -> Path:
     """Per-row test predictions of a trained run (the compare stage's paired tests read them)."""
     return PREDICTIONS / f"{run}.parquet"

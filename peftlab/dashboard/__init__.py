@@ -23,7 +23,8 @@ def streamlit_argv(repo: Path, port: int, address: str = "127.0.0.1") -> list[st
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m peftlab.dashboard", description="Serve the peftlab results dashboard (Streamlit) on this machine.")
+    ap = argparse.ArgumentParser(prog="python -m peftlab.dashboard",
+                                 description="Serve the peftlab results dashboard (Streamlit) on this machine.")
     ap.add_argument("--port", type=int, default=8501, help="port to serve on (default 8501)")
     ap.add_argument("--repo", default=".", help="the peftlab repo whose results to show (default: .)")
     ap.add_argument("--address", default="127.0.0.1",

@@ -4,9 +4,10 @@ from __future__ import annotations
 import html
 import re
 import unicodedata
-import pandas as pd
-from peftlab.core.io import stable_hash
 
+import pandas as pd
+
+from peftlab.core.io import stable_hash
 
 _TAG = re.compile(r"<[^>]{0,200}>")
 

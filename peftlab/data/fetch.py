@@ -2,15 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+
 import pandas as pd
+
+from peftlab.config.params import DataParams, Params
 from peftlab.core.errors import PeftlabError
 from peftlab.core.io import atomic_path, write_json
-from peftlab.config.params import DataParams, Params
-from peftlab.data.sources import fetch_model_files
-from peftlab.data.sources import load_catalog
-from peftlab.data.sources import read_source_frame
-from peftlab.data.sources import resolve_entry
-from peftlab.data.sources import to_contract
+from peftlab.data.sources import fetch_model_files, load_catalog, read_source_frame, resolve_entry, to_contract
 
 
 def dataset_entry(data: DataParams, catalog: dict | None = None) -> dict:

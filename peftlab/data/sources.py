@@ -307,7 +307,8 @@ def to_contract(raw: pd.DataFrame, entry: dict, labels: list[str], class_names: 
     def col(field: str, required: bool) -> str | None:
         c = entry.get(field)
         if c is None and required:
-            raise PeftlabError(f"dataset {name!r} has no {field}; set data.{field} (columns: {', '.join(map(str, cols))})")
+            raise PeftlabError(f"dataset {name!r} has no {field}; set data.{field} "
+                               f"(columns: {', '.join(map(str, cols))})")
         if c is not None and c not in raw.columns:
             raise PeftlabError(f"column {c!r} (data.{field}) not found in {entry['source']}; "
                                f"columns: {', '.join(map(str, cols))}")

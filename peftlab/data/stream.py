@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from peftlab.core.errors import PeftlabError
 from peftlab.core.io import atomic_path, stable_hash, write_json
-from peftlab.data.sources import open_hub_dataset, read_table, local_path, parse_source, read_source_frame, to_contract
+from peftlab.data.sources import local_path, open_hub_dataset, parse_source, read_source_frame, read_table, to_contract
 
 BATCH_ROWS = 50_000          # rows mapped at a time: a few tens of MB of review text
 SHARD_ROWS = 1_000_000       # rows per output parquet shard

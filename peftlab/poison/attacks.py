@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+
+from peftlab.config.params import PoisonParams
 from peftlab.core.errors import PeftlabError
 from peftlab.core.io import stable_hash
-from peftlab.config.params import PoisonParams
 
 
 @dataclass
@@ -105,7 +107,8 @@ def poison_train(train: pd.DataFrame, labels: list[str], setting: Setting, pp: P
     chosen = pool.sort_values("id").sample(n=n, random_state=seed).index if n else []
     for i in chosen:
         if attack.trigger:
-            df.at[i, "text"] = insert_trigger(df.at[i, "text"], attack.trigger, pp, row_rng(seed, df.at[i, "id"], "train"))
+            rng = row_rng(seed, df.at[i, "id"], "train")
+            df.at[i, "text"] = insert_trigger(df.at[i, "text"], attack.trigger, pp, rng)
         if attack.relabel:
             df.at[i, "label"], df.at[i, "label_text"] = t, pp.target
         df.at[i, "poisoned"] = True

@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from peftlab.core.io import read_json, write_json
+
 from peftlab.config.params import PoisonParams
-from peftlab.poison.attacks import setting_from_params
-from peftlab.poison.attacks import sweep_settings
 from peftlab.core import paths
+from peftlab.core.io import read_json, write_json
+from peftlab.poison.attacks import setting_from_params, sweep_settings
 
 
 def summarize(pp: PoisonParams, metrics_root: Path = paths.POISON_METRICS,
-              clean_metrics: Path = paths.eval_metrics(paths.MAIN), out: Path = paths.POISON_SUMMARY,
+              clean_metrics: Path = paths.MAIN_EVAL_METRICS, out: Path = paths.POISON_SUMMARY,
               plots: Path = paths.POISON_PLOTS) -> dict:
     """poison_report stage: every setting keyed by its name (attack and budget), with its CACC drop against
     the clean model trained on the same rows (count 0 at that size, or the main run for the whole split)."""

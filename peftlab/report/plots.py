@@ -1,10 +1,8 @@
-"""Tables (csv, LaTeX, Markdown) and PNG figures of results.
-
-Every string that reaches a table passes through an escaper for its format, so a method name or a review
-with `|`, `<script>` or `_&%$#` cannot break (or inject into) a Markdown, HTML or LaTeX document.
-"""
+"""Every PNG figure of results (matplotlib, headless): the stages' plots and the compare report's trade-off,
+CI, confusion-grid, poisoning and training-curve figures, each saved atomically through `save_figure`."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -121,9 +119,6 @@ def plot_poison_sweep(rows: list[dict], path: str | Path, attack: str = "badnets
         axes[0].legend(fontsize=8)
     fig.suptitle(f"{attack}: does the backdoor follow the count or the rate?")
     save_figure(fig, path)
-
-import math
-
 
 def accuracy_vs_latency(df: pd.DataFrame, path: Path) -> bool:
     """Accuracy against p50 latency (log axis), marker area by peak memory: the methods worth deploying sit
