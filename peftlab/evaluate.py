@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 
 from peftlab.data import read_split
 from peftlab.io import write_json, write_parquet
-from peftlab.metrics import classification_metrics, curves
+from peftlab.metrics import classification_metrics, collapse_warning, curves
 from peftlab.models import choose_device, load_trained
 from peftlab.params import Params
 from peftlab.predict import predict_probs
@@ -76,6 +77,9 @@ def run_evaluate(params: Params, paths: EvalPaths, name: str = "main") -> dict:
         params.evaluate.test_sets, test, probs, m, setup.labels, paths.splits, params.evaluate.bootstrap,
         params.seed, predict=lambda texts: predict_probs(model, tok, setup, texts, params.evaluate.batch_size, device)))
     write_eval_outputs(name, m, test, probs, pred, setup.labels, paths)
+    warning = collapse_warning(f"run {name!r} ({params.model.name})", test["label"].to_numpy(), pred, setup.labels)
+    if warning:
+        print(warning, file=sys.stderr)
     ci = m["ci95"]["accuracy"] or [float("nan")] * 2
     print(f"evaluate {name}: accuracy {m['accuracy']:.4f} (95% CI {ci[0]:.4f}-{ci[1]:.4f}), "
           f"macro F1 {m['f1_macro']:.4f}, n={m['n']}")
