@@ -187,6 +187,12 @@ def trainer_class(head: str, class_weights: list[float] | None = None):
         """Classifier loss as torch's weighted cross-entropy (the weighted mean over the batch's rows), so a
         minority class's rows count as much in total as the majority's. Validation loss is weighted too."""
 
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # The loss is a per-batch mean, so the Trainer must divide it by the accumulation steps (it skips
+            # that for models that take num_items_in_batch, whose loss it expects normalised already).
+            self.model_accepts_loss_kwargs = False
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
             outputs = model(**inputs)
