@@ -98,7 +98,8 @@ def _headline_rows(r: Report, esc) -> tuple[list[str], list[list[str]]]:
               "Peak MB", "Score", f"Δ acc ({esc(r.reference)} − row) [95% CI]", "McNemar p (Holm)"]
     rows = []
     for _, row in r.table[r.table["score"].notna()].iterrows():
-        rows.append([str(row["rank"]), esc(row["method"]) + (COLLAPSED if is_collapsed(row) else ""), esc(row["kind"]), esc(row["model"] if isinstance(row["model"], str) else DASH),
+        method = esc(row["method"]) + (COLLAPSED if is_collapsed(row) else "")
+        rows.append([str(row["rank"]), method, esc(row["kind"]), esc(row["model"] if isinstance(row["model"], str) else DASH),
                      fmt_ci(row["accuracy"], row["acc_ci_low"], row["acc_ci_high"]), fmt(row["f1_macro"]),
                      fmt(row["samples_per_s"], 1), fmt(row["latency_ms_p50"], 1), fmt(row["peak_mem_mb"], 0),
                      _score(row), fmt_ci(row["acc_diff"], row["diff_ci_low"], row["diff_ci_high"], signed=True),
