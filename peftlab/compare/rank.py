@@ -97,7 +97,8 @@ def table(methods: list[Method]) -> pd.DataFrame:
         rows.append({"method": me.name, "kind": me.kind, "model": me.model, "accuracy": m.get("accuracy"),
                      "acc_ci_low": lo, "acc_ci_high": hi, "f1_macro": m.get("f1_macro"), "f1_ci_low": flo,
                      "f1_ci_high": fhi, "roc_auc": m.get("roc_auc"), "pr_auc": m.get("pr_auc"), "n": m.get("n"),
-                     "unparsed": m.get("unparsed"), **speed, "asr": m.get("asr")})
+                     "unparsed": m.get("unparsed"), **speed, "asr": m.get("asr"),
+                     "collapsed": m.get("collapsed")})
     return pd.DataFrame(rows).astype({"n": "Int64", "unparsed": "Int64"}) if rows else pd.DataFrame()
 
 

@@ -99,6 +99,10 @@ class TrainParams:
     weight_decay: float = _meta(0.01, lo=0.0)
     warmup_ratio: float = _meta(0.06, lo=0.0, hi=1.0, hi_open=True)
     max_steps: int = _meta(-1, lo=-1, doc="-1: run the epochs")
+    min_steps: int = _meta(200, lo=0, doc="epochs are raised (whole epochs) until at least this many optimiser "
+                                         "steps run; max_steps >= 0 still wins; 0: off")
+    class_weights: Literal["none", "balanced"] = _meta("none", doc="balanced: classifier loss weighted by "
+                                                                  "n / (k * class count) of the training labels")
     max_train_samples: Optional[int] = _meta(lo=1, doc="seeded subset of the train split")
     max_eval_samples: Optional[int] = _meta(lo=1, doc="stratified subset of val for in-training validation")
     eval_steps: Optional[int] = _meta(lo=1, doc="null: evaluate once per epoch")

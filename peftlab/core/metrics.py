@@ -38,6 +38,44 @@ def f1_macro(y, pred, k: int | None = None) -> float:
     return float(skm.f1_score(y, pred, average="macro", labels=labels, zero_division=0))
 
 
+# A model "collapsed" when its predictions put at least this share of the rows in one class while that class
+# holds less than this share of the true labels: predicting the majority of a 95/5 set is not a collapse.
+COLLAPSE_PRED_SHARE = 0.95
+COLLAPSE_LABEL_SHARE = 0.80
+
+
+def collapse(y, pred, labels: list[str], pred_share: float = COLLAPSE_PRED_SHARE,
+             label_share: float = COLLAPSE_LABEL_SHARE) -> dict:
+    """Whether predictions collapsed onto one class: {collapsed, collapsed_class, pred_share, label_share}.
+
+    Why: a model that learned nothing predicts the majority class and scores the majority share as accuracy,
+    which on an imbalanced set looks like a result. `pred_share` is the most predicted class's share of all
+    rows (unparsed answers, -1, count in the total but in no class); `label_share` that class's share of the
+    true labels. collapsed_class is None unless collapsed.
+    """
+    y, pred = np.asarray(y, dtype=int), np.asarray(pred, dtype=int)
+    if len(pred) == 0:
+        return {"collapsed": False, "collapsed_class": None, "pred_share": 0.0, "label_share": 0.0}
+    counts = np.bincount(pred[pred >= 0], minlength=len(labels))
+    top = int(np.argmax(counts))
+    share, held = float(counts[top] / len(pred)), float(np.mean(y == top))
+    collapsed = share >= pred_share and held < label_share
+    return {"collapsed": bool(collapsed), "collapsed_class": labels[top] if collapsed else None,
+            "pred_share": share, "label_share": held}
+
+
+def collapse_warning(name: str, y, pred, labels: list[str]) -> str | None:
+    """The one-line warning evaluate and baseline print to stderr for a collapsed model, else None."""
+    c = collapse(y, pred, labels)
+    if not c["collapsed"]:
+        return None
+    return (f"WARNING: {name} collapsed: it predicts {c['collapsed_class']!r} for {c['pred_share']:.1%} of the "
+            f"{len(pred)} test rows, a class holding {c['label_share']:.1%} of their labels (flagged at >= "
+            f"{COLLAPSE_PRED_SHARE:.0%} of predictions on a class under {COLLAPSE_LABEL_SHARE:.0%} of labels); "
+            f"its accuracy is the class share, not learning (too few steps, lr, or imbalance: see train.min_steps, "
+            f"train.class_weights)")
+
+
 def classification_metrics(y: np.ndarray, pred: np.ndarray, probs: np.ndarray | None, labels: list[str],
                            bootstrap: int = 1000, seed: int = 42) -> dict:
     """The DESIGN.md schema: flat headline numbers, per-class dicts, confusion matrix, CIs.
@@ -50,6 +88,7 @@ def classification_metrics(y: np.ndarray, pred: np.ndarray, probs: np.ndarray | 
     idx = list(range(k))
     p, r, f, support = skm.precision_recall_fscore_support(y, pred, labels=idx, zero_division=0)
     roc, pr = _auc_scores(y, probs, k)
+    c = collapse(y, pred, labels)
     out = {
         "accuracy": accuracy(y, pred),
         "f1_macro": float(np.mean(f)),
@@ -59,6 +98,8 @@ def classification_metrics(y: np.ndarray, pred: np.ndarray, probs: np.ndarray | 
         "pr_auc": pr,
         "n": int(len(y)),
         "unparsed": int(np.sum(pred < 0)),
+        "collapsed": c["collapsed"],
+        "collapsed_class": c["collapsed_class"],
         "f1": {l: float(v) for l, v in zip(labels, f)},
         "precision": {l: float(v) for l, v in zip(labels, p)},
         "recall": {l: float(v) for l, v in zip(labels, r)},

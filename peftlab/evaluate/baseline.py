@@ -7,6 +7,7 @@ calibration, regularisation) is made on the validation split, never on test.
 from __future__ import annotations
 
 import itertools
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pandas as pd
 from peftlab.data.split import read_labels, read_split, stratified_sample
 from peftlab.evaluate.run import prediction_frame
 from peftlab.core.io import write_json, write_parquet
-from peftlab.core.metrics import accuracy, classification_metrics
+from peftlab.core.metrics import accuracy, classification_metrics, collapse_warning
 from peftlab.modeling.load import choose_device, load_causal_lm, load_encoder
 from peftlab.config.params import BaselineParams, Params
 from peftlab.modeling.predict import PromptSpec, calibrate, generate_answers, mean_pooled_embeddings, parse_label, score_labels, softmax_rows
@@ -221,6 +222,9 @@ def run_baseline(params: Params, splits: Path = paths.SPLITS_DIR, metrics_path: 
         write_parquet(paths.baseline_predictions(name, predictions), prediction_frame(test, r.probs, r.pred, labels))
         print(f"baseline {name:17s} accuracy {m['accuracy']:.4f}  macro F1 {m['f1_macro']:.4f}"
               + (f"  unparsed {m['unparsed']}" if m["unparsed"] else ""))
+        warning = collapse_warning(f"baseline {name!r}", y, r.pred, labels) if name != "majority" else None
+        if warning:          # the majority baseline predicts one class by construction: flagged, not warned
+            print(warning, file=sys.stderr)
     write_json(metrics_path, metrics)
     table = pd.DataFrame(rows)
     write_tables(table, csv_path=tables.with_suffix(".csv"), tex_path=tables.with_suffix(".tex"),

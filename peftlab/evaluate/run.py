@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 
+import sys
+
 import numpy as np
 import pandas as pd
 
 from peftlab.data.split import read_split
 from peftlab.core.io import write_json, write_parquet
-from peftlab.core.metrics import classification_metrics, curves
+from peftlab.core.metrics import classification_metrics, collapse_warning, curves
 from peftlab.modeling.load import choose_device, load_trained
 from peftlab.config.params import Params
 from peftlab.modeling.predict import predict_probs
@@ -58,6 +60,9 @@ def run_evaluate(params: Params, paths: EvalPaths, name: str = "main") -> dict:
         params.evaluate.test_sets, test, probs, m, setup.labels, paths.splits, params.evaluate.bootstrap,
         params.seed, predict=lambda texts: predict_probs(model, tok, setup, texts, params.evaluate.batch_size, device)))
     write_eval_outputs(name, m, test, probs, pred, setup.labels, paths)
+    warning = collapse_warning(f"run {name!r} ({params.model.name})", test["label"].to_numpy(), pred, setup.labels)
+    if warning:
+        print(warning, file=sys.stderr)
     ci = m["ci95"]["accuracy"] or [float("nan")] * 2
     print(f"evaluate {name}: accuracy {m['accuracy']:.4f} (95% CI {ci[0]:.4f}-{ci[1]:.4f}), "
           f"macro F1 {m['f1_macro']:.4f}, n={m['n']}")

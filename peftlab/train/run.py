@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import time
 
@@ -115,9 +116,74 @@ def collator(setup: ModelSetup, tok):
     return DataCollatorForSeq2Seq(tok, label_pad_token_id=-100, padding=True)
 
 
-def trainer_class(head: str):
-    """The Trainer for a head: generative runs compute their loss on the answer positions only."""
+# --- schedule and loss -----------------------------------------------------------------------------------
+
+def steps_per_epoch(rows: int, batch_size: int, grad_accum: int = 1, processes: int = 1) -> int:
+    """Optimiser steps in one epoch, counted as the Trainer counts them: batches per process (the last one
+    partial), then one step per `grad_accum` batches (the last group partial)."""
+    batches = math.ceil(rows / (batch_size * processes))
+    return max(math.ceil(batches / grad_accum), 1)
+
+
+def schedule(epochs: float, min_steps: int, max_steps: int, per_epoch: int) -> tuple[float, int]:
+    """(epochs, optimiser steps) a run makes: `epochs`, raised to the fewest whole epochs that make at least
+    `min_steps` steps when they make fewer; `max_steps` > 0 overrides both, as in the Trainer.
+
+    Why: one epoch of a small set is a few dozen steps (782 rows at batch 32: 25), too few for LoRA to move off
+    the majority class; raising whole epochs (not steps) shows every row equally often. A set already past
+    `min_steps` in its epochs keeps them unchanged.
+    """
+    if max_steps > 0:
+        return epochs, max_steps
+    steps = math.ceil(epochs * per_epoch)
+    if steps >= min_steps:
+        return epochs, steps
+    raised = math.ceil(min_steps / per_epoch)
+    return float(raised), raised * per_epoch
+
+
+def balanced_class_weights(y, k: int) -> list[float]:
+    """scikit-learn's "balanced" weights n / (k_present * count) for each of the k classes; a class absent from
+    the training labels gets 1.0 (no row is weighted by it)."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    y = np.asarray(y, dtype=int)
+    present = np.unique(y)
+    w = dict(zip(present.tolist(), compute_class_weight("balanced", classes=present, y=y).tolist()))
+    return [float(w.get(c, 1.0)) for c in range(k)]
+
+
+def check_class_weights(class_weights: str, head: str) -> None:
+    """Class weights act on the classifier's cross-entropy over the k classes; the generative and seq2seq heads
+    learn label words among the vocabulary's tokens, where a weight per class has no loss term to act on."""
+    if class_weights != "none" and head != "classifier":
+        raise PeftlabError(f"params.yaml: train.class_weights = {class_weights!r} weights the loss of a classifier "
+                           f"head; this run's head is {head!r}; allowed for the {head} head: none")
+
+
+def trainer_class(head: str, class_weights: list[float] | None = None):
+    """The Trainer for a head: generative runs compute their loss on the answer positions only; classifier runs
+    with class weights use a weighted cross-entropy; otherwise the plain Trainer (the model's own loss)."""
     from transformers import Trainer
+
+    class WeightedLossTrainer(Trainer):
+        """Classifier loss as torch's weighted cross-entropy (the weighted mean over the batch's rows), so a
+        minority class's rows count as much in total as the majority's. Validation loss is weighted too."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # The loss is a per-batch mean, so the Trainer must divide it by the accumulation steps (it skips
+            # that for models that take num_items_in_batch, whose loss it expects normalised already).
+            self.model_accepts_loss_kwargs = False
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            logits = outputs.logits.float()
+            weight = torch.tensor(class_weights, dtype=logits.dtype, device=logits.device)
+            loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1),
+                                                     weight=weight)
+            return (loss, outputs) if return_outputs else loss
 
     class AnswerLossTrainer(Trainer):
         """Supervised fine-tuning whose loss reads only the answer tokens.
@@ -141,7 +207,9 @@ def trainer_class(head: str):
             loss = loss / (num_items_in_batch if num_items_in_batch is not None else answer.sum())
             return (loss, outputs) if return_outputs else loss
 
-    return AnswerLossTrainer if head == "generative" else Trainer
+    if head == "generative":
+        return AnswerLossTrainer
+    return WeightedLossTrainer if head == "classifier" and class_weights is not None else Trainer
 
 
 # --- checkpoints and trackers ----------------------------------------------------------------------------
@@ -211,6 +279,7 @@ def run_train(params: Params, paths: RunPaths) -> dict:
     check_report_to(tp.report_to)
     labels = read_labels(paths.splits)
     setup = model_setup(params, labels)
+    check_class_weights(tp.class_weights, setup.head)
     tok = load_tokenizer(setup.base_dir, setup.family, setup.trust_remote_code)
     train_df, val_df = read_split(paths.splits, "train"), read_split(paths.splits, "val")
     if tp.max_train_samples and len(train_df) > tp.max_train_samples:
@@ -237,6 +306,12 @@ def run_train(params: Params, paths: RunPaths) -> dict:
         print(f"resuming from {resume_from} (step {checkpoint_step(resume_from)})")
     k = len(labels)
     classifier = setup.head == "classifier"
+    weights = balanced_class_weights(train_df["label"], k) if tp.class_weights == "balanced" else None
+    per_epoch = steps_per_epoch(len(train_ds), tp.batch_size, tp.grad_accum, state.num_processes)
+    epochs, planned_steps = schedule(tp.epochs, tp.min_steps, tp.max_steps, per_epoch)
+    if epochs != tp.epochs and state.is_main_process:
+        print(f"train.min_steps = {tp.min_steps}: {len(train_ds)} rows make {per_epoch} steps per epoch, so "
+              f"epochs raised from {tp.epochs:g} to {epochs:g} ({planned_steps} steps)")
 
     def compute_metrics(pred) -> dict:
         yhat = np.argmax(pred.predictions, axis=-1)
@@ -251,7 +326,7 @@ def run_train(params: Params, paths: RunPaths) -> dict:
     # save_steps, the crash-resume interval.
     args = TrainingArguments(
         output_dir=str(paths.checkpoints),
-        num_train_epochs=tp.epochs, max_steps=tp.max_steps, learning_rate=tp.lr,
+        num_train_epochs=epochs, max_steps=tp.max_steps, learning_rate=tp.lr,
         per_device_train_batch_size=tp.batch_size, per_device_eval_batch_size=64 if classifier else tp.batch_size,
         gradient_accumulation_steps=tp.grad_accum, weight_decay=tp.weight_decay, warmup_steps=tp.warmup_ratio,
         eval_strategy=eval_strategy, eval_steps=tp.eval_steps,
@@ -264,7 +339,7 @@ def run_train(params: Params, paths: RunPaths) -> dict:
         use_cpu=device.type == "cpu", dataloader_num_workers=0, disable_tqdm=False, optim=tp.optim,
         prediction_loss_only=not classifier, ddp_find_unused_parameters=False,
     )
-    trainer = trainer_class(setup.head)(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
+    trainer = trainer_class(setup.head, weights)(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
                       data_collator=collator(setup, tok), compute_metrics=compute_metrics if classifier else None,
                       callbacks=callbacks)
     start = time.perf_counter()
@@ -283,6 +358,9 @@ def run_train(params: Params, paths: RunPaths) -> dict:
         "trainable_pct": 100.0 * trainable / total,
         "train_rows": int(len(train_df)), "epochs": float(trainer.state.epoch or 0.0),
         "steps": int(result.global_step),
+        "epochs_requested": float(tp.epochs), "min_steps": int(tp.min_steps), "steps_per_epoch": per_epoch,
+        "epochs_raised": epochs != tp.epochs,
+        "class_weights": None if weights is None else dict(zip(labels, weights)),
         "train_loss": whole_run_train_loss(trainer.state.log_history, checkpoint_step(resume_from),
                                            float(result.training_loss), int(result.global_step)),
         "val_loss": float(val["eval_loss"]),
