@@ -2,10 +2,8 @@
 edge cases fail or adapt the way a user would expect."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
-import torch
 
 from conftest import make_tokenizer
 from peftlab.core.errors import PeftlabError

@@ -211,11 +211,23 @@ def run_page(monkeypatch, repo: Path, tab: str | None = None):
     return at.run()
 
 
+def page_text(at) -> str:
+    """Every piece of text the page script wrote (titles, captions, markdown, alerts), one string."""
+    kinds = ("title", "header", "subheader", "caption", "markdown", "text", "info", "warning", "error", "success")
+    return "\n".join(str(e.value) for k in kinds for e in getattr(at, k))
+
+
+def absolute_paths_of(repo: Path) -> set[str]:
+    return {str(repo), str(repo.resolve())}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("tab", TABS)
 def test_every_tab_renders_the_committed_results(monkeypatch, tab):
     at = run_page(monkeypatch, REPO, tab)
     assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
+    text = page_text(at)
+    assert REPO.name in text and not [p for p in absolute_paths_of(REPO) if p in text]   # screenshots stay anonymous
     assert not [i.value for i in at.info if "has not run yet" in i.value]
     board = at.dataframe[0].value
     assert set(board["method"]) == {m.name for m in D.methods(REPO)}
@@ -239,6 +251,14 @@ def test_sidebar_filters_and_sorts_the_leaderboard(monkeypatch, results):
     at.sidebar.slider[0].set_value(0.0).run()
     at.sidebar.multiselect[0].unselect("fine-tuned").run()
     assert set(at.dataframe[0].value["method"]) == {"tfidf_logreg", "majority"}
+
+
+def test_errors_on_the_page_name_files_relative_to_the_repo(monkeypatch, results):
+    (results / "metrics/benchmark.json").write_text('{"main": {"latency')
+    at = run_page(monkeypatch, results)
+    errors = [e.value for e in at.error]
+    assert errors and errors[0].startswith("Leaderboard: metrics/benchmark.json is not valid JSON")
+    assert not [p for p in absolute_paths_of(results) if p in page_text(at)]
 
 
 @pytest.mark.parametrize("tab,stage", [("Confusion matrices", "evaluate"), ("Training curves", "train"),
@@ -360,6 +380,8 @@ def test_committed_results_show_every_method_in_the_leaderboard(browser):
                                  "[data-testid=stVegaLiteChart] svg').length")  # accuracy-latency chart drawn
         assert browser.execute_script(EXCEPTIONS) == 0
         assert not any("has not run yet" in a for a in browser.execute_script(ALERTS))
+        text = browser.execute_script("return document.body.innerText")   # what the screenshot shows
+        assert REPO.name in text and not [p for p in absolute_paths_of(REPO) if p in text]
         shot = os.environ.get("PEFTLAB_SCREENSHOT")
         if shot:
             browser.set_window_size(1500, 1750)           # the leaderboard and the accuracy-latency chart

@@ -15,7 +15,6 @@ from peftlab.config.params import Params, PoisonParams, build
 from peftlab.poison.attacks import Setting, attack_success_rate, count_setting, poison_train, triggered_test
 from peftlab.poison.defenses import correlation_flags, onion_apply, onion_filter, onion_scores, sequence_nll, spectral_flags
 from peftlab.poison.runs import run_poison
-from peftlab.poison.summary import summarize
 
 LABELS = ["negative", "positive"]
 

@@ -19,6 +19,9 @@ from peftlab.config.params import EvaluateParams, build
                                                        "allowed: category | group | rating | label_text | words"),
     ({"x": {"split_by": "words"}}, "exactly one of values"),
     ({"x": {"split_by": "words", "range": [9, 1]}}, r"x.range = \[9, 1\] is invalid"),
+    ({"x": {"split_by": "words", "quantiles": [0.5, 0.5]}}, r"x.quantiles = \[0.5, 0.5\] is invalid; allowed: \[qlo, qhi\]"),
+    ({"x": {"split_by": "words", "quantiles": [0, 1.5]}}, r"x.quantiles = \[0, 1.5\] is invalid"),
+    ({"x": {"split_by": "words", "range": [1, 5], "quantiles": [0, 1]}}, "exactly one of values"),
     ({"x": {"source": "local:a.csv", "txt_column": "t"}}, "unknown key evaluate.test_sets.x.txt_column"),
     ({"x": {"dataset": "orgaccess", "max_rows": 0}}, "x.max_rows = 0 is invalid"),
     ({"x": 3}, "evaluate.test_sets.x = 3 is invalid"),
@@ -28,6 +31,28 @@ def test_bad_test_set_specs_are_one_clear_line(sets, needle):
     with pytest.raises(PeftlabError, match=needle) as e:
         build(EvaluateParams, {"test_sets": sets}, "evaluate")
     assert "\n" not in str(e.value)
+
+
+def test_quantile_slices_partition_the_test_split_at_its_own_median():
+    from peftlab.data.test_sets import evaluate_test_sets
+
+    test = toy_frame(101, seed=9)
+    words = test["text"].str.split().str.len().to_numpy()
+    probs = np.tile([0.3, 0.7], (len(test), 1))
+    spec = {"short": {"split_by": "words", "quantiles": [0, 0.5]},
+            "long": {"split_by": "words", "quantiles": [0.5, 1.0]},
+            "top": {"split_by": "words", "quantiles": [0.9, 1]}}
+    build(EvaluateParams, {"test_sets": spec}, "evaluate")            # the grammar accepts them
+    sets = evaluate_test_sets(spec, test, probs, {"n": len(test)}, ["negative", "positive"], ".", 10, 0,
+                              predict=None)["test_sets"]
+    median = float(np.median(words))
+    assert sets["short"]["bounds"] == [float(words.min()), median]
+    assert sets["long"]["bounds"] == [median, float(words.max())]
+    assert sets["short"]["n"] == int((words < median).sum()) and sets["long"]["n"] == int((words >= median).sum())
+    assert sets["short"]["n"] + sets["long"]["n"] == len(test)        # every row in exactly one of the two
+    assert sets["top"]["n"] == int((words >= np.quantile(words, 0.9)).sum())   # hi inclusive at 1: the longest in
+    assert sets["long"]["bounds_rule"] == f"{median:g} <= words <= {words.max():g}"
+    assert sets["short"]["bounds_rule"] == f"{words.min():g} <= words < {median:g}"
 
 
 def test_named_test_sets_and_categories_reach_metrics_and_tables(project, tiny_models):

@@ -16,7 +16,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from peftlab.core.errors import PeftlabError
+from peftlab.config.test_sets import check_test_sets
+from peftlab.core.errors import PeftlabError, bad_param
 
 PARAMS_FILE = "params.yaml"
 
@@ -61,7 +62,7 @@ class ModelParams:
     head: Optional[Literal["classifier", "generative", "seq2seq"]] = _meta(doc="null: the catalog's")
     quantization: Literal["none", "8bit", "4bit"] = "none"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    max_length: int = _meta(128, lo=8, hi=32768)
+    max_length: int = _meta(64, lo=8, hi=32768, doc="tokens of the review itself, prompt and special tokens on top")
     trust_remote_code: bool = False
 
 
@@ -141,8 +142,6 @@ class EvaluateParams:
     test_sets: dict = _meta(factory=dict, doc="extra named test sets: name -> {split_by: ...} or {source|dataset: ...}")
 
     def check(self) -> None:
-        from peftlab.data.test_sets import check_test_sets  # the spec grammar lives beside the code that reads it
-
         check_test_sets(self.test_sets)
 
 
@@ -157,7 +156,7 @@ class BaselineParams:
     encoder: str = _meta("minilm-l6", doc="a key of `models`: frozen embeddings and encoder zero-shot")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     batch_size: int = _meta(32, lo=1)
-    max_length: int = _meta(128, lo=8)
+    max_length: int = _meta(64, lo=8, doc="review tokens for the encoder and the zero-shot LLM")
     select_rows: int = _meta(200, lo=10, doc="val rows (stratified sample) that choose the zero-shot variant")
     prompts: list[dict] = _meta(factory=lambda: [
         {"system": "Classify the sentiment of the movie review as {labels}.", "user": "{text}"},
@@ -320,13 +319,6 @@ class Params:
 
 # --- validation -----------------------------------------------------------------------------------------
 
-def _fmt(value: Any) -> str:
-    return repr(value) if isinstance(value, str) else yaml.safe_dump(value, default_flow_style=True).strip() \
-        .removesuffix("...").strip()
-
-
-def bad_param(key: str, value: Any, allowed: str) -> PeftlabError:
-    return PeftlabError(f"params.yaml: {key} = {_fmt(value)} is invalid; allowed: {allowed}")
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

@@ -6,7 +6,9 @@ with no traceback, because the message already names the bad value and what is a
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import Any, Callable
+
+import yaml
 
 
 class PeftlabError(Exception):
@@ -22,3 +24,10 @@ def run_cli(main: Callable[[], object]) -> None:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+def bad_param(key: str, value: Any, allowed: str) -> PeftlabError:
+    """The one wording of a refused param: `params.yaml: <key> = <value> is invalid; allowed: <what>`."""
+    shown = repr(value) if isinstance(value, str) else \
+        yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    return PeftlabError(f"params.yaml: {key} = {shown} is invalid; allowed: {allowed}")

@@ -36,15 +36,22 @@ def repo_path() -> Path:
     return Path(args.repo).resolve()
 
 
+def shown(text: str, repo: Path | None = None) -> str:
+    """`text` with the repo's absolute path replaced by repo-relative paths (and the folder's name for the repo
+    itself): the page, and screenshots of it, never show where on which machine the repo lives."""
+    repo = repo or repo_path()
+    return text.replace(f"{repo}{os.sep}", "").replace(str(repo), repo.name)
+
+
 @contextlib.contextmanager
 def guarded(what: str):
     """A results file that exists but cannot be read shows one line in its section, never a stack trace."""
     try:
         yield
     except (D.DataError, X.ExperimentsError) as e:
-        st.error(f"{what}: {e}")
+        st.error(shown(f"{what}: {e}"))
     except Exception as e:  # noqa: BLE001 - one broken file must not take the other sections down with it
-        st.error(f"{what} could not be shown: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+        st.error(shown(f"{what} could not be shown: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"))
 
 
 # --- cached loaders (keyed by the results files' mtimes) ---------------------------------------------------
@@ -299,7 +306,7 @@ def main() -> None:
     st.set_page_config(page_title="peftlab results", layout="wide")
     repo = repo_path()
     st.title("peftlab results")
-    st.caption(f"`{repo}` · live from metrics/, reports/, dvclive/, plots/ and `dvc exp show`")
+    st.caption(f"`{repo.name}` · live from metrics/, reports/, dvclive/, plots/ and `dvc exp show`")
     key = D.mtime_key(repo)
     with guarded("Leaderboard"):
         kinds = sorted(load_leaderboard(str(repo), key, tuple(D.DEFAULT_WEIGHTS.items()))[0]["kind"].unique())

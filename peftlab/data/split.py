@@ -7,6 +7,7 @@ hash of its id (or of its group), ranked within its class, so only (id, label, g
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -131,14 +132,20 @@ def read_split(splits_dir: str | Path, name: str) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 
-def run_split(params: Params, raw_dir: str | Path, out_dir: str | Path, metrics_path: str | Path) -> dict:
-    """split stage: data/raw -> data/splits/{train,val,test}.parquet + metrics/split.json."""
+def run_split(params: Params, raw_dir: str | Path, out_dir: str | Path, metrics_path: str | Path,
+              extra_metrics: Callable[[Path], dict] | None = None) -> dict:
+    """split stage: data/raw -> data/splits/{train,val,test}.parquet + metrics/split.json.
+
+    `extra_metrics(out_dir)` adds keys to metrics/split.json only (the stage's truncation share, which depends
+    on the model), never to data/splits, so the split files stay byte for byte the same when the model changes.
+    """
     raw_dir = Path(raw_dir)
     manifest = read_json(raw_dir / "manifest.json")
     from peftlab.data import split_scale  # streamed shards, or more rows than fit: the chunked path, same split
 
     if split_scale.wants_scaled(raw_dir, manifest):
-        return split_scale.run_split_scaled(params, raw_dir, manifest, out_dir, metrics_path)
+        return split_scale.run_split_scaled(params, raw_dir, manifest, out_dir, metrics_path,
+                                            extra_metrics=extra_metrics)
     df = pd.read_parquet(raw_dir / "data.parquet")
     sp = params.split
     parts, stats = make_splits(df, manifest["labels"], sp.val, sp.test, params.seed, sp.grouped,
@@ -147,6 +154,7 @@ def run_split(params: Params, raw_dir: str | Path, out_dir: str | Path, metrics_
         for name, part in parts.items():
             part.to_parquet(tmp / f"{name}.parquet", index=False)
         write_json(tmp / "manifest.json", {**manifest, "split": stats})
+    stats = {**stats, **(extra_metrics(Path(out_dir)) if extra_metrics else {})}
     write_json(metrics_path, stats)
     print("split: " + ", ".join(f"{n}={stats[n]['n']}" for n in SPLITS) + f" (from {stats['counts']['input_rows']};"
           f" dropped duplicates={stats['counts']['dropped_duplicates']},"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -182,7 +183,8 @@ def _thresholds(work: Path, clean: list[str], drop: np.ndarray, k: int, sp, coun
 
 
 def run_split_scaled(params: Params, raw_dir: str | Path, manifest: dict, out_dir: str | Path,
-                     metrics_path: str | Path, chunk_rows: int = CHUNK_ROWS) -> dict:
+                     metrics_path: str | Path, chunk_rows: int = CHUNK_ROWS,
+                     extra_metrics: Callable[[Path], dict] | None = None) -> dict:
     """split stage, chunked: data/raw shards -> data/splits/{train,val,test}.parquet + metrics/split.json."""
     raw_dir, sp, labels = Path(raw_dir), params.split, manifest["labels"]
     files = raw_files(raw_dir, manifest)
@@ -213,6 +215,7 @@ def run_split_scaled(params: Params, raw_dir: str | Path, manifest: dict, out_di
         stats = {"counts": counts, **stats}
         shutil.rmtree(work)
         write_json(tmp / "manifest.json", {**manifest, "split": stats})
+    stats = {**stats, **(extra_metrics(Path(out_dir)) if extra_metrics else {})}   # metrics only, see run_split
     write_json(metrics_path, stats)
     print("split (chunked): " + ", ".join(f"{n}={stats[n]['n']}" for n in SPLITS) + f" (from {n_rows};"
           f" dropped duplicates={counts['dropped_duplicates']}, conflicting={counts['dropped_conflicting_labels']})")

@@ -1,9 +1,13 @@
 """Several named test sets for evaluate: slices of the test split and extra labelled sources.
 
 `evaluate.test_sets` in params.yaml maps a name to one of
-- a slice of the test split: `{split_by: <column>, values: [...]}` or `{split_by: <column>, range: [lo, hi]}`
-  (columns of the data contract: category, group, rating, label_text, or `words`, the review's word count);
-  no extra inference, the test split's predictions are reused;
+- a slice of the test split: `{split_by: <column>, values: [...]}`, `{split_by: <column>, range: [lo, hi]}`
+  (both bounds inclusive) or `{split_by: <column>, quantiles: [qlo, qhi]}` (columns of the data contract:
+  category, group, rating, label_text, or `words`, the review's word count); no extra inference, the test
+  split's predictions are reused. Quantiles are taken of the test split's own values (numpy's default, linear
+  interpolation), so the cut follows the data rather than a number sized for one dataset: a row is in the set
+  when lo <= value < hi, with hi inclusive at qhi = 1, so [0, 0.5] and [0.5, 1] partition the test split
+  exactly. The resolved bounds go to the metrics (`bounds`, `bounds_rule`);
 - an extra source: `{dataset: <catalog key>, ...overrides}` or `{source: hf:... | local:... | pypi:..., ...}`
   with the usual column mapping (text_column, label_column, label_map, text_template, ...), e.g. OrgAccess'
   `hard` split or the IMDB test split for a model trained on Rotten Tomatoes. Its rows are cleaned like the
@@ -26,54 +30,6 @@ import pyarrow.parquet as pq
 from peftlab.core.errors import PeftlabError
 from peftlab.core.metrics import accuracy, classification_metrics, f1_macro
 
-SLICE_COLUMNS = ("category", "group", "rating", "label_text", "words")
-SOURCE_KEYS = ("dataset", "source", "sha256", "config", "split", "format", "encoding", "text_column",
-               "label_column", "category_column", "rating_column", "group_column", "label_map", "drop_values",
-               "text_template", "max_rows")
-
-
-def _bad(name: str, value, allowed: str) -> PeftlabError:
-    from peftlab.config.params import bad_param as bad
-
-    return bad(f"evaluate.test_sets.{name}", value, allowed)
-
-
-def check_test_sets(test_sets: dict) -> None:
-    """Validate the grammar at stage start, one clear line per mistake."""
-    for name, spec in test_sets.items():
-        if str(name) == "test":
-            raise _bad(name, spec, "another name: `test` is the test split itself, always evaluated")
-        if not isinstance(spec, dict):
-            raise _bad(name, spec, "{split_by: <column>, values: [...] | range: [lo, hi]} or "
-                                   "{dataset: <catalog key> | source: <spec>, ...column mapping}")
-        if "split_by" in spec:
-            unknown = sorted(set(spec) - {"split_by", "values", "range"})
-            if unknown:
-                raise PeftlabError(f"params.yaml: unknown key evaluate.test_sets.{name}.{unknown[0]}; "
-                                   f"allowed with split_by: values, range")
-            if spec["split_by"] not in SLICE_COLUMNS:
-                raise _bad(f"{name}.split_by", spec["split_by"], " | ".join(SLICE_COLUMNS))
-            if ("values" in spec) == ("range" in spec):
-                raise _bad(name, spec, "exactly one of values: [...] or range: [lo, hi]")
-            if "values" in spec and (not isinstance(spec["values"], list) or not spec["values"]):
-                raise _bad(f"{name}.values", spec["values"], "a non-empty list")
-            r = spec.get("range")
-            if "range" in spec and not (isinstance(r, list) and len(r) == 2 and all(
-                    isinstance(x, (int, float)) and not isinstance(x, bool) for x in r) and r[0] <= r[1]):
-                raise _bad(f"{name}.range", r, "[lo, hi] with numbers lo <= hi (both inclusive)")
-        elif "dataset" in spec or "source" in spec:
-            unknown = sorted(set(spec) - set(SOURCE_KEYS))
-            if unknown:
-                raise PeftlabError(f"params.yaml: unknown key evaluate.test_sets.{name}.{unknown[0]}; "
-                                   f"allowed with a source: {', '.join(SOURCE_KEYS)}")
-            m = spec.get("max_rows")
-            if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
-                raise _bad(f"{name}.max_rows", m, "an integer >= 1, or null (all rows)")
-        else:
-            raise _bad(name, spec, "a mapping with split_by (a slice of the test split) or with dataset/source "
-                                   "(an extra labelled source)")
-
-
 @dataclass
 class TestSet:
     name: str
@@ -91,10 +47,23 @@ def _slice(name: str, spec: dict, test: pd.DataFrame) -> TestSet:
     else:
         raise PeftlabError(f"evaluate.test_sets.{name}: the test split has no {col!r} column (columns: "
                            f"{', '.join(test.columns)}); allowed: a column the data has, or words")
+    info: dict = {"split_by": col}
     if "range" in spec:
         lo, hi = spec["range"]
         num = pd.to_numeric(values, errors="coerce")
         mask = (num >= lo) & (num <= hi)
+    elif "quantiles" in spec:
+        num = pd.to_numeric(values, errors="coerce")
+        known = num.dropna().to_numpy(dtype=float)
+        if len(known) == 0:
+            raise PeftlabError(f"evaluate.test_sets.{name}: the test split's {col!r} has no numeric values; "
+                               f"allowed: quantiles of a numeric column (words, rating)")
+        qlo, qhi = spec["quantiles"]
+        lo, hi = (float(np.quantile(known, q)) for q in (qlo, qhi))
+        last = qhi >= 1
+        mask = (num >= lo) & ((num <= hi) if last else (num < hi))
+        info.update(quantiles=[qlo, qhi], bounds=[lo, hi],
+                    bounds_rule=f"{lo:g} <= {col} {'<=' if last else '<'} {hi:g}")
     else:
         keys = {str(v) for v in spec["values"]}
         mask = values.map(lambda v: (str(int(v)) if isinstance(v, float) and float(v).is_integer() else str(v))
@@ -103,7 +72,7 @@ def _slice(name: str, spec: dict, test: pd.DataFrame) -> TestSet:
     if len(rows) == 0:
         raise PeftlabError(f"evaluate.test_sets.{name} = {spec} selects no test rows; check the values/range "
                            f"against the test split's {col!r}")
-    return TestSet(name, test.iloc[rows].reset_index(drop=True), rows, {"split_by": col})
+    return TestSet(name, test.iloc[rows].reset_index(drop=True), rows, info)
 
 
 def _seen_keys(splits_dir: Path) -> np.ndarray:
@@ -185,5 +154,6 @@ def evaluate_test_sets(spec: dict, test: pd.DataFrame, probs: np.ndarray, main: 
         c = per_category(ts.frame, p.argmax(axis=1), len(labels))
         if c:
             cats[name] = c
-        print(f"  test set {name}: accuracy {m['accuracy']:.4f}, macro F1 {m['f1_macro']:.4f}, n={m['n']}")
+        cut = f" ({ts.info['bounds_rule']})" if "bounds_rule" in ts.info else ""
+        print(f"  test set {name}{cut}: accuracy {m['accuracy']:.4f}, macro F1 {m['f1_macro']:.4f}, n={m['n']}")
     return {"test_sets": results, **({"categories": cats} if cats else {})}

@@ -65,8 +65,9 @@ def llm_baselines(bp: BaselineParams, seed: int, labels: list[str], train: pd.Da
     demos = draw_demos(train, bp.shots, seed)
     sel = stratified_sample(val, bp.select_rows, seed)
     cf_texts = list(bp.content_free)
-    def score(spec: PromptSpec, texts: list[str]) -> np.ndarray:
-        return score_labels(model, tok, spec, texts, labels, demos, bp.batch_size, device)
+    def score(spec: PromptSpec, texts: list[str]) -> np.ndarray:   # reviews cut to baseline.max_length tokens
+        return score_labels(model, tok, spec, texts, labels, demos, bp.batch_size, device,
+                            max_text_tokens=bp.max_length)
 
     grid = []
     for i, prefill in itertools.product(range(len(bp.prompts)), bp.prefills):
@@ -89,7 +90,7 @@ def llm_baselines(bp: BaselineParams, seed: int, labels: list[str], train: pd.Da
                                      {"chosen": chosen, "selection": grid, "shots": bp.shots})
     if "llm_generate" in methods:
         prefill = spec.prefill if bp.generate_prefill else ""
-        prompts = spec.render(tok, texts, labels, demos, prefill=prefill)
+        prompts = spec.render(tok, texts, labels, demos, prefill=prefill, max_text_tokens=bp.max_length)
         answers = generate_answers(model, tok, prompts, bp.max_new_tokens, bp.batch_size, device)
         words = [ws[0] for ws in spec.words(labels)]
         pred = np.array([parse_label(a, words) for a in answers])

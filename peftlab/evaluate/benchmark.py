@@ -98,6 +98,7 @@ def measure(name: str, predict: Callable[[list[str], int], object], count_tokens
 def bench_one(spec: dict) -> dict:
     """Measure one model described by `spec` (kind: adapter | zeroshot) in this process."""
     from peftlab.modeling.predict import PromptSpec, predict_probs, score_labels
+    from peftlab.modeling.truncation import encode_truncated
 
     device = choose_device(spec["device"])
     if spec["threads"]:
@@ -115,22 +116,25 @@ def bench_one(spec: dict) -> dict:
     else:
         model, tok = load_causal_lm(spec["path"], device)
         prompt = PromptSpec.from_dict(spec["prompt"])
-        max_length = None
+        max_length = spec.get("max_length")   # baseline.max_length: the zero-shot baseline's cut
         sizes = {"base_mb": dir_mb(spec["path"]), "adapter_mb": 0.0}
 
         def predict(batch: list[str], bs: int):
-            return score_labels(model, tok, prompt, batch, labels, batch_size=bs, device=device, progress=False)
+            return score_labels(model, tok, prompt, batch, labels, batch_size=bs, device=device, progress=False,
+                                max_text_tokens=max_length)
 
     first_token = None
     if prompt is None:
         def count(ts: list[str]) -> int:
-            return sum(len(x) for x in tok(ts, truncation=True, max_length=max_length)["input_ids"])
+            return sum(len(x) for x in encode_truncated(tok, ts, max_length)["input_ids"])
     else:
         def count(ts: list[str]) -> int:
-            return sum(len(x) for x in tok(prompt.render(tok, ts, labels), add_special_tokens=False)["input_ids"])
+            return sum(len(x) for x in tok(prompt.render(tok, ts, labels, max_text_tokens=max_length),
+                                           add_special_tokens=False)["input_ids"])
 
         def first_token(text: str):
-            enc = tok(prompt.render(tok, [text], labels)[0], add_special_tokens=False, return_tensors="pt").to(device)
+            enc = tok(prompt.render(tok, [text], labels, max_text_tokens=max_length)[0], add_special_tokens=False,
+                      return_tensors="pt").to(device)
             with torch.inference_mode():
                 return model.generate(**enc, max_new_tokens=1, do_sample=False, pad_token_id=tok.pad_token_id)
 
@@ -158,7 +162,8 @@ def run_benchmark(params: Params, runs: list[str], out_metrics: Path = paths.BEN
             if baseline_metrics.exists() else {}
         prompt = candidate(params.baseline, chosen.get("prompt", 0), chosen.get("prefill", params.baseline.prefills[0]))
         specs.append({**common, "name": "llm_zeroshot", "kind": "zeroshot", "prompt": asdict(prompt),
-                      "path": str(paths.base_model(params.baseline.llm))})
+                      "path": str(paths.base_model(params.baseline.llm)),
+                      "max_length": params.baseline.max_length})
     results = {}
     for spec in specs:
         print(f"benchmark {spec['name']}: measuring in a fresh process ...", flush=True)

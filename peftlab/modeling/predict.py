@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from peftlab.core.errors import PeftlabError, run_cli
+from peftlab.modeling.truncation import encode_truncated, truncate_texts
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[np.ndarray]:
@@ -41,7 +42,7 @@ def classifier_probs(model, tokenizer, texts: Sequence[str], max_length: int, ba
                      device: torch.device | None = None, progress: bool = True) -> np.ndarray:
     """Class probabilities (n, k) from a sequence-classification model."""
     device = device or next(model.parameters()).device
-    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    enc = encode_truncated(tokenizer, texts, max_length)
     out = None
     with torch.inference_mode():
         for idx, batch in padded_batches(tokenizer, enc, batch_size, device, "scoring", progress):
@@ -222,10 +223,12 @@ class PromptSpec:
         joined = " or ".join(labels)
         system = self.system.format(labels=joined) if self.system else None
         prefill = self.prefill if prefill is None else prefill
+        """The prompt strings; with max_text_tokens each review (demonstrations included) is cut by the one rule
+        of peftlab.truncation: its own first max_text_tokens tokens, the template on top."""
+        demo_texts = truncate_texts(tok, [t for t, _ in demos], max_text_tokens)
         shots = [(self.user.format(text=t, labels=joined), (prefill + self.answer(labels, y)).strip() + ".")
-                 for t, y in demos]
-        if max_text_tokens:
-            texts = [tok.decode(tok(t, add_special_tokens=False)["input_ids"][:max_text_tokens]) for t in texts]
+                 for t, (_, y) in zip(demo_texts, demos)]
+        texts = truncate_texts(tok, texts, max_text_tokens)
         return [chat_prompt(tok, system, self.user.format(text=t, labels=joined), prefill, shots) for t in texts]
 
 
@@ -249,8 +252,8 @@ def seq2seq_scores(model, tok, spec: PromptSpec, texts: Sequence[str], labels: S
     from scipy.special import logsumexp
 
     device = device or next(model.parameters()).device
-    inputs = spec.render(tok, texts, labels, prefill="")
-    enc = tok(inputs, truncation=True, max_length=max_length)
+    inputs = spec.render(tok, texts, labels, prefill="", max_text_tokens=max_length)
+    enc = tok(inputs)
     forms, owner = spec.surface_forms(labels, prefill="")
     form_ids = [tok(f)["input_ids"] for f in forms]
     out = np.zeros((len(inputs), len(forms)))
@@ -313,7 +316,7 @@ def mean_pooled_embeddings(model, tokenizer, texts: Sequence[str], max_length: i
                            device: torch.device | None = None, progress: bool = True) -> np.ndarray:
     """L2-normalised mean of the last hidden states over real tokens (sentence-transformers pooling)."""
     device = device or next(model.parameters()).device
-    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
+    enc = encode_truncated(tokenizer, texts, max_length)
     out = None
     with torch.inference_mode():
         for idx, batch in padded_batches(tokenizer, enc, batch_size, device, "embedding", progress):

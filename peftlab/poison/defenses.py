@@ -101,12 +101,13 @@ def head_features(adapter: Path, texts: list[str], batch_size: int = 64) -> np.n
     decoders), from the (merged) fine-tuned model: what spectral signatures inspect."""
     from peftlab.modeling.load import choose_device, load_trained
     from peftlab.modeling.predict import padded_batches
+    from peftlab.modeling.truncation import encode_truncated
 
     device = choose_device("auto")
     model, tok, setup = load_trained(adapter, device)
     if setup.head != "classifier":
         raise PeftlabError(f"spectral signatures need a classifier head; {adapter} has {setup.head!r}")
-    enc = tok(texts, truncation=True, max_length=setup.max_length)
+    enc = encode_truncated(tok, texts, setup.max_length)
     out = None
     with torch.inference_mode():
         for idx, batch in padded_batches(tok, enc, batch_size, device, "representations"):

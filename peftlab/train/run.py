@@ -30,6 +30,7 @@ from peftlab.modeling.predict import PromptSpec, predict_probs
 from peftlab.train.checkpoints import checkpoint_step, dvclive_callback, last_complete_checkpoint, sorted_adapter_config, whole_run_train_loss
 from peftlab.core.paths import RunPaths
 from peftlab.core import paths
+from peftlab.modeling.truncation import encode_truncated
 
 # pip packages of the Trainer's trackers, for the error when one is asked for but not installed
 TRACKER_PACKAGES = {"tensorboard": "tensorboard (or tensorboardX)", "mlflow": "mlflow", "wandb": "wandb",
@@ -78,13 +79,14 @@ def features(df: pd.DataFrame, tok, setup: ModelSetup):
     """A datasets.Dataset the Trainer can batch: unpadded token ids (the collator pads per batch).
 
     classifier: text -> ids + label. generative: chat prompt + answer, with labels -100 on the prompt so the
-    loss covers the answer only. seq2seq: prompt -> encoder ids, answer + eos -> decoder labels.
+    loss covers the answer only. seq2seq: prompt -> encoder ids, answer + eos -> decoder labels. Every head
+    cuts the review by the one rule of peftlab.truncation (its own first max_length tokens), as inference does.
     """
     import datasets
 
     if setup.head == "classifier":
         ds = datasets.Dataset.from_pandas(df[["text", "label"]].reset_index(drop=True), preserve_index=False)
-        return ds.map(lambda b: tok(b["text"], truncation=True, max_length=setup.max_length), batched=True,
+        return ds.map(lambda b: encode_truncated(tok, b["text"], setup.max_length), batched=True,
                       remove_columns=["text"], desc="tokenizing")
     spec = PromptSpec.from_dict(setup.extra["prompt"])
     rationale = df["rationale"] if "rationale" in df.columns else pd.Series([None] * len(df), index=df.index)
@@ -98,8 +100,8 @@ def features(df: pd.DataFrame, tok, setup: ModelSetup):
             rows.append({"input_ids": p_ids + a_ids, "attention_mask": [1] * (len(p_ids) + len(a_ids)),
                          "labels": [-100] * len(p_ids) + a_ids})
     else:
-        prompts = spec.render(tok, df["text"].tolist(), setup.labels, prefill="")
-        enc = tok(prompts, truncation=True, max_length=setup.max_length)
+        prompts = spec.render(tok, df["text"].tolist(), setup.labels, prefill="", max_text_tokens=setup.max_length)
+        enc = tok(prompts)
         targets = tok([a.strip() for a in answers])["input_ids"]
         rows = [{"input_ids": i, "attention_mask": m, "labels": t}
                 for i, m, t in zip(enc["input_ids"], enc["attention_mask"], targets)]
