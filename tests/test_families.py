@@ -161,4 +161,6 @@ def test_two_process_accelerate_run_gives_a_usable_adapter(project, tiny_models)
     model, tok, setup = load_trained(project / "models" / "adapters" / "main", torch.device("cpu"))
     test = toy_frame(400, seed=8).iloc[340:]
     probs = predict_probs(model, tok, setup, test["text"].tolist(), progress=False)
-    assert (probs.argmax(1) == test["label"].to_numpy()).mean() > 0.8
+    # a bar derived from the test rows, as in test_train_evaluate: halfway from the majority share to 1 (0.77)
+    majority = test["label"].value_counts(normalize=True).max()
+    assert (probs.argmax(1) == test["label"].to_numpy()).mean() >= (1 + majority) / 2

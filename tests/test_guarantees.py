@@ -1,6 +1,6 @@
 """The pipeline's guarantees, each on the real `dvc repro` of a tiny copy of this repo (tests/tinyproject.py).
 
-One reference run (fetch, split, train, evaluate) in a temp git repo serves every test in this module, in order:
+One reference run (fetch, split, train, evaluate, baseline) in a temp git repo serves every test in this module, in order:
 no stage writes outside its declared outs; `dvc repro -f` again gives the same hashes and metrics; a run killed
 with SIGKILL during training resumes and ends as the reference ended; the outputs survive a round trip through
 an S3 remote (moto's real S3 server on 127.0.0.1); and fake credentials in the environment leave no trace.
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tinyproject import commit, declared_outs, dvc, file_hashes, git_env, lock_outs, make_project
+from tinyproject import PARAMS, commit, declared_outs, dvc, file_hashes, git_env, lock_outs, make_project
 
 pytestmark = pytest.mark.slow
 
@@ -76,8 +76,8 @@ def reference(tmp_path_factory) -> Reference:
     proj = make_project(tmp_path_factory.mktemp("reference") / "proj")
     env = git_env(proj, SECRETS)
     before = file_hashes(proj)
-    first = dvc(proj, "repro", "-f", "evaluate", env=env)
-    for stage in ("fetch_data", "fetch_model@tiny-bert", "split", "train", "evaluate"):
+    first = dvc(proj, "repro", "-f", "evaluate", "baseline", env=env)
+    for stage in ("fetch_data", "fetch_model@tiny-bert", "split", "train", "evaluate", "baseline"):
         assert f"Running stage '{stage}'" in first.stdout
     return Reference(proj, env, before, file_hashes(proj), lock_outs(proj), read_metrics(proj),
                      [first.stdout, first.stderr])
@@ -101,10 +101,13 @@ def test_no_stage_writes_outside_its_declared_outs(reference):
 
 
 def test_repro_forced_twice_gives_identical_hashes_and_metrics(reference):
-    again = dvc(reference.proj, "repro", "-f", "evaluate", env=reference.env)
+    again = dvc(reference.proj, "repro", "-f", "evaluate", "baseline", env=reference.env)
     reference.logs += [again.stdout, again.stderr]
-    assert "Running stage 'train'" in again.stdout
+    assert "Running stage 'train'" in again.stdout and "Running stage 'baseline'" in again.stdout
     lock = lock_outs(reference.proj)
+    # the baseline stage's metrics, per-method prediction files, plots and tables are among the outs compared
+    assert {"baseline:data/predictions/baseline", "baseline:metrics/baseline.json"} <= set(lock)
+    assert set(reference.metrics["metrics/baseline.json"]) == set(PARAMS["baseline"]["methods"])
     # Every out identical, byte for byte, except metrics/train.json, which records training wall time.
     assert without(lock, {"train:metrics/train.json"}) == without(reference.lock, {"train:metrics/train.json"})
     metrics = read_metrics(reference.proj)
@@ -151,7 +154,8 @@ def test_killed_training_resumes_to_the_same_metrics(reference, tmp_path):
     assert train["resumed"] is True and train["resumed_from_step"] == step
     assert step < train["steps"] == ref_train["steps"]
     # Same model, same numbers: every metric file as in the uninterrupted run, the adapter byte for byte.
-    assert without(metrics, {"metrics/train.json"}) == without(reference.metrics, {"metrics/train.json"})
+    assert without(metrics, {"metrics/train.json"}) == without(reference.metrics, {"metrics/train.json",
+                                                                                   "metrics/baseline.json"})
     # train_loss is rebuilt from the logged losses before the checkpoint: equal up to float rounding.
     assert train["train_loss"] == pytest.approx(ref_train["train_loss"], rel=1e-9)
     same = TIMING | {"resumed", "resumed_from_step", "train_loss"}

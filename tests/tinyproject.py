@@ -33,6 +33,10 @@ PARAMS = {
     # 8 epochs x 35 steps with a checkpoint every 10: long enough to be killed between two checkpoints
     "train": {"epochs": 8, "lr": 0.005, "batch_size": 8, "save_steps": 10, "logging_steps": 5},
     "evaluate": {"bootstrap": 100},
+    # the classical and frozen-embedding baselines on the tiny BERT (no decoder here, so no llm_* methods)
+    "baseline": {"methods": ["majority", "stratified", "tfidf_logreg", "tfidf_svm", "emb_logreg", "emb_svm_rbf",
+                             "emb_mlp", "encoder_zeroshot"], "llm": "tiny-bert", "encoder": "tiny-bert",
+                 "c_grid": [1.0, 10.0], "batch_size": 16, "max_length": 32},
 }
 
 
