@@ -26,12 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peftlab.data.split import read_labels, read_split  # noqa: E402
-from peftlab.core.io import read_json  # noqa: E402
-from peftlab.modeling.load import ModelSetup, load_base, load_tokenizer, load_trained, lora_config  # noqa: E402
 from peftlab.config.params import load_params  # noqa: E402
-from peftlab.modeling.predict import predict_probs  # noqa: E402
+from peftlab.core.io import read_json  # noqa: E402
 from peftlab.core.paths import RunPaths  # noqa: E402
+from peftlab.data.split import read_labels, read_split  # noqa: E402
+from peftlab.modeling.load import ModelSetup, load_base, load_tokenizer, load_trained, lora_config  # noqa: E402
+from peftlab.modeling.predict import predict_probs  # noqa: E402
 from peftlab.train.run import model_setup, run_train
 
 

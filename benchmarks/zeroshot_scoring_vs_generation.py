@@ -22,10 +22,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peftlab.evaluate.baseline import candidate  # noqa: E402
-from peftlab.data.split import read_labels, read_split, stratified_sample  # noqa: E402
-from peftlab.modeling.load import load_causal_lm  # noqa: E402
 from peftlab.config.params import load_params  # noqa: E402
+from peftlab.data.split import read_labels, read_split, stratified_sample  # noqa: E402
+from peftlab.evaluate.baseline import candidate  # noqa: E402
+from peftlab.modeling.load import load_causal_lm  # noqa: E402
 from peftlab.modeling.predict import calibrate, generate_answers, parse_label, score_labels  # noqa: E402
 
 

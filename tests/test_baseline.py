@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import toy_frame
-from peftlab.evaluate.baseline import dummy_baselines, encoder_baselines, llm_baselines, tfidf_baselines
 from peftlab.config.params import BaselineParams, build
+from peftlab.evaluate.baseline import dummy_baselines, encoder_baselines, llm_baselines, tfidf_baselines
 from peftlab.modeling.predict import calibrate, chat_prompt, label_logprobs, label_token_ids, parse_label
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import toy_frame, write_splits
-from peftlab.evaluate.benchmark import percentiles, run_benchmark, timed
 from peftlab.config.params import Params, build
 from peftlab.core.paths import RunPaths
+from peftlab.evaluate.benchmark import percentiles, run_benchmark, timed
 from peftlab.train.run import run_train
 
 

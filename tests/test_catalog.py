@@ -2,15 +2,14 @@
 edge cases fail or adapt the way a user would expect."""
 from __future__ import annotations
 
-
 import pytest
 
 from conftest import make_tokenizer
 from peftlab.core.errors import PeftlabError
+from peftlab.data.fetch import model_entry
+from peftlab.data.sources import fetch_model_files, load_catalog
 from peftlab.modeling.load import HEADS, ModelSetup, check_remote_code, lora_config
 from peftlab.modeling.predict import chat_prompt
-from peftlab.data.sources import fetch_model_files, load_catalog
-from peftlab.data.fetch import model_entry
 
 HUB_MODELS = ["distilbert-base-uncased", "roberta-base", "stella-en-400m-v5", "t5-small", "flan-t5-large",
               "qwen25-15b-instruct", "smollm2-17b-instruct", "tinyllama-11b-chat", "gemma2-2b-it",

@@ -18,8 +18,8 @@ import yaml
 from conftest import REPO
 from peftlab.compare.ablation import ablation_table, render
 from peftlab.compare.rank import composite, correct_vectors, mcnemar_exact, paired_bootstrap_diff, run_compare
-from peftlab.core.errors import PeftlabError
 from peftlab.config.params import CompareParams, build
+from peftlab.core.errors import PeftlabError
 
 HOSTILE = "Great | *bold* <script>alert(1)</script> & 100% $5 #1 _x_ {y} ~z ^w \\ [link](http://x) `code`"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

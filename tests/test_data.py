@@ -3,10 +3,10 @@ import pandas as pd
 import pytest
 
 from conftest import toy_frame
-from peftlab.data.split import assign_splits, check_leakage, make_splits
-from peftlab.data.clean import dedupe, normalize_for_dedupe
 from peftlab.core.errors import PeftlabError
 from peftlab.core.io import stable_hash
+from peftlab.data.clean import dedupe, normalize_for_dedupe
+from peftlab.data.split import assign_splits, check_leakage, make_splits
 
 
 def frame(n=1000, seed=0, p_pos=0.3, groups=None):

@@ -14,11 +14,11 @@ import torch
 import yaml
 
 from conftest import REPO, toy_frame, write_splits
-from peftlab.core.errors import PeftlabError
-from peftlab.modeling.load import ModelSetup, load_base, load_trained
 from peftlab.config.params import Params, apply_sweep, build
-from peftlab.modeling.predict import predict_probs
+from peftlab.core.errors import PeftlabError
 from peftlab.core.paths import RunPaths
+from peftlab.modeling.load import ModelSetup, load_base, load_trained
+from peftlab.modeling.predict import predict_probs
 from peftlab.train.run import features, run_train
 
 CASES = [("encoder", "classifier"), ("decoder", "classifier"), ("decoder", "generative"), ("seq2seq", "seq2seq")]

@@ -1,8 +1,8 @@
 import pytest
 import yaml
 
-from peftlab.core.errors import PeftlabError
 from peftlab.config.params import LoraParams, SplitParams, TrainParams, build, load_params
+from peftlab.core.errors import PeftlabError
 
 
 def test_repo_params_file_is_valid():

@@ -10,10 +10,17 @@ import pytest
 import torch
 
 from conftest import toy_frame, write_splits
-from peftlab.core.errors import PeftlabError
 from peftlab.config.params import Params, PoisonParams, build
+from peftlab.core.errors import PeftlabError
 from peftlab.poison.attacks import Setting, attack_success_rate, count_setting, poison_train, triggered_test
-from peftlab.poison.defenses import correlation_flags, onion_apply, onion_filter, onion_scores, sequence_nll, spectral_flags
+from peftlab.poison.defenses import (
+    correlation_flags,
+    onion_apply,
+    onion_filter,
+    onion_scores,
+    sequence_nll,
+    spectral_flags,
+)
 from peftlab.poison.runs import run_poison
 
 LABELS = ["negative", "positive"]

@@ -8,8 +8,8 @@ import struct
 import pytest
 
 from conftest import toy_frame, write_splits
-from peftlab.core.errors import PeftlabError
 from peftlab.config.params import Params, build
+from peftlab.core.errors import PeftlabError
 from peftlab.core.paths import RunPaths
 from peftlab.train.run import check_report_to, run_train
 

@@ -10,12 +10,11 @@ import pandas as pd
 import pytest
 
 from conftest import toy_frame, write_splits
-from peftlab.core.errors import PeftlabError
-from peftlab.core.paths import EvalPaths
-from peftlab.evaluate.run import run_evaluate
-from peftlab.core.metrics import classification_metrics, collapse, collapse_warning
 from peftlab.config.params import Params, TrainParams, build
-from peftlab.core.paths import RunPaths
+from peftlab.core.errors import PeftlabError
+from peftlab.core.metrics import classification_metrics, collapse, collapse_warning
+from peftlab.core.paths import EvalPaths, RunPaths
+from peftlab.evaluate.run import run_evaluate
 from peftlab.train.run import balanced_class_weights, run_train, schedule, steps_per_epoch
 
 
@@ -211,10 +210,9 @@ def test_majority_baseline_is_flagged_but_not_warned(project, capsys):
 
 
 def test_compare_report_marks_collapsed_methods(tmp_path):
-    from test_compare import _cls_metrics, _json, _mk, make_project
-
     from peftlab.compare.rank import run_compare
     from peftlab.config.params import CompareParams
+    from test_compare import _cls_metrics, _json, _mk, make_project
 
     root = make_project(tmp_path)
     test = pd.read_parquet(root / "data/splits/test.parquet")

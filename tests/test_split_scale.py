@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from peftlab.data.split import make_splits, run_split
+from peftlab.config.params import Params, build
 from peftlab.core.errors import PeftlabError
 from peftlab.core.io import stable_hash
-from peftlab.config.params import Params, build
+from peftlab.data.split import make_splits, run_split
 from peftlab.data.split_scale import run_split_scaled
 
 LABELS = ["negative", "positive"]

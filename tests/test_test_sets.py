@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from conftest import toy_frame, write_splits
-from peftlab.core.errors import PeftlabError
 from peftlab.config.params import EvaluateParams, build
+from peftlab.core.errors import PeftlabError
 
 
 @pytest.mark.parametrize("sets,needle", [
@@ -58,9 +58,8 @@ def test_quantile_slices_partition_the_test_split_at_its_own_median():
 def test_named_test_sets_and_categories_reach_metrics_and_tables(project, tiny_models):
     import shutil
 
-    from peftlab.core.paths import EvalPaths
+    from peftlab.core.paths import EvalPaths, RunPaths
     from peftlab.evaluate.run import run_evaluate
-    from peftlab.core.paths import RunPaths
     from peftlab.train.run import run_train
     from test_train_evaluate import params_for
 

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, toy_frame, write_splits
-from peftlab.core.paths import EvalPaths
-from peftlab.evaluate.run import run_evaluate
 from peftlab.config.params import Params, build
-from peftlab.core.paths import RunPaths
+from peftlab.core.paths import EvalPaths, RunPaths
+from peftlab.evaluate.run import run_evaluate
 from peftlab.train.run import run_train
 
 

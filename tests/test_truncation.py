@@ -14,12 +14,12 @@ import pytest
 import torch
 
 from conftest import toy_frame, write_splits
+from peftlab.config.params import BaselineParams, build
 from peftlab.core.errors import PeftlabError
 from peftlab.modeling.load import ModelSetup, load_base, load_tokenizer
-from peftlab.config.params import BaselineParams, build
 from peftlab.modeling.predict import predict_probs
-from peftlab.train.run import features
 from peftlab.modeling.truncation import encode_truncated, split_truncation, truncation_stats
+from peftlab.train.run import features
 
 L = 12
 VOCAB_WORDS = ["good", "great", "fine", "bad", "awful", "dull", "film", "movie", "plot", "the", "a", "very", "was",
@@ -131,8 +131,8 @@ def test_split_metrics_record_the_truncated_share_and_warn_past_5_percent(projec
 
 def test_the_split_files_do_not_depend_on_the_model(tmp_path):
     """Only metrics/split.json gets the truncation share: the parquet files stay byte for byte the same."""
-    from peftlab.data.split import run_split
     from peftlab.config.params import Params
+    from peftlab.data.split import run_split
 
     raw = tmp_path / "raw"
     raw.mkdir()

@@ -17,9 +17,9 @@ from scipy import stats
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.multitest import multipletests
 
+from peftlab.core import paths
 from peftlab.core.errors import PeftlabError
 from peftlab.core.io import read_json
-from peftlab.core import paths
 
 # Metrics where less is better; everything else weighted in the composite is higher-is-better.
 LOWER_IS_BETTER = frozenset({"latency_ms_p50", "latency_ms_p90", "latency_ms_p99", "ttft_ms", "peak_mem_mb",
@@ -71,8 +71,8 @@ def collect(root: Path, runs: dict[str, str | None], llm: str | None = None, enc
                               root / paths.curves_dir(run), bench.get(run, {}),
                               _read(root / paths.train_metrics(run)) or {}))
     for name, m in (_read(root / paths.BASELINE_METRICS) or {}).items():
-        methods.append(Method(name, "baseline", m, baseline_model(name, llm, encoder), predictions=root / paths.baseline_predictions(name),
-                              bench=bench.get(name, {})))
+        methods.append(Method(name, "baseline", m, baseline_model(name, llm, encoder),
+                              predictions=root / paths.baseline_predictions(name), bench=bench.get(name, {})))
     for name, m in (_read(root / paths.POISON_SUMMARY) or {}).items():
         if isinstance(m, dict) and "cacc" in m:   # settings; "defenses" is a report of its own
             methods.append(Method(f"poison:{name}", "poison", {"accuracy": m["cacc"], "asr": m.get("asr"),

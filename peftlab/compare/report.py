@@ -16,13 +16,7 @@ import numpy as np
 import pandas as pd
 
 from peftlab.core.errors import PeftlabError
-from peftlab.report.format import escape_latex, escape_md
-from peftlab.report.format import DASH
-from peftlab.report.format import as_number
-from peftlab.report.format import fmt
-from peftlab.report.format import fmt_ci
-from peftlab.report.format import fmt_p
-from peftlab.report.format import md_table
+from peftlab.report.format import DASH, as_number, escape_latex, escape_md, fmt, fmt_ci, fmt_p, md_table
 
 
 @dataclass
@@ -66,7 +60,8 @@ def _headline_rows(r: Report, esc) -> tuple[list[str], list[list[str]]]:
     rows = []
     for _, row in r.table[r.table["score"].notna()].iterrows():
         method = esc(row["method"]) + (COLLAPSED if is_collapsed(row) else "")
-        rows.append([str(row["rank"]), method, esc(row["kind"]), esc(row["model"] if isinstance(row["model"], str) else DASH),
+        model = esc(row["model"] if isinstance(row["model"], str) else DASH)
+        rows.append([str(row["rank"]), method, esc(row["kind"]), model,
                      fmt_ci(row["accuracy"], row["acc_ci_low"], row["acc_ci_high"]), fmt(row["f1_macro"]),
                      fmt(row["samples_per_s"], 1), fmt(row["latency_ms_p50"], 1), fmt(row["peak_mem_mb"], 0),
                      _score(row), fmt_ci(row["acc_diff"], row["diff_ci_low"], row["diff_ci_high"], signed=True),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from peftlab.core.errors import PeftlabError, bad_param
 
-
 SLICE_COLUMNS = ("category", "group", "rating", "label_text", "words")
 SLICE_FORMS = ("values", "range", "quantiles")
 SOURCE_KEYS = ("dataset", "source", "sha256", "config", "split", "format", "encoding", "text_column",

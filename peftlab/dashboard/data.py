@@ -232,8 +232,9 @@ def split_summary(repo: Path) -> pd.DataFrame | None:
     if not isinstance(s, dict):
         return None
     trunc = s.get("truncation") if isinstance(s.get("truncation"), dict) else {}
-    df = pd.DataFrame([{"split": k, **v, **({f"truncated at {trunc.get('max_length')} tokens": trunc[k].get("truncated_share")}
-                                          if isinstance(trunc.get(k), dict) else {})}
+    cut = f"truncated at {trunc.get('max_length')} tokens"
+    df = pd.DataFrame([{"split": k, **v,
+                        **({cut: trunc[k].get("truncated_share")} if isinstance(trunc.get(k), dict) else {})}
                        for k, v in s.items() if k not in ("counts", "truncation") and isinstance(v, dict)])
     df.attrs["counts"] = s.get("counts") or {}
     return df

@@ -11,15 +11,11 @@ from typing import Callable
 
 import pandas as pd
 
+from peftlab.config.params import Params
 from peftlab.core.errors import PeftlabError
 from peftlab.core.io import atomic_path, read_json, write_json
-from peftlab.config.params import Params
 from peftlab.core.paths import SPLITS
-from peftlab.data.clean import clean_frame
-from peftlab.data.clean import dedupe
-from peftlab.data.clean import length_filter
-from peftlab.data.clean import normalize_for_dedupe
-from peftlab.data.clean import unit_interval
+from peftlab.data.clean import clean_frame, dedupe, length_filter, normalize_for_dedupe, unit_interval
 
 
 def assign_splits(df: pd.DataFrame, val: float, test: float, seed: int, grouped: bool = False) -> pd.Series:

@@ -36,11 +36,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from peftlab.core.paths import SPLITS
-from peftlab.data.clean import unit_interval, clean_frame, normalize_for_dedupe
+from peftlab.config.params import Params
 from peftlab.core.errors import PeftlabError
 from peftlab.core.io import atomic_path, stable_hash, write_json
-from peftlab.config.params import Params
+from peftlab.core.paths import SPLITS
+from peftlab.data.clean import clean_frame, normalize_for_dedupe, unit_interval
 from peftlab.data.stream import ShardWriter
 
 IN_MEMORY_MAX_ROWS = 2_000_000

@@ -14,16 +14,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from peftlab.data.split import read_labels, read_split, stratified_sample
-from peftlab.evaluate.run import prediction_frame
+from peftlab.config.params import BaselineParams, Params
+from peftlab.core import paths
 from peftlab.core.io import write_json, write_parquet
 from peftlab.core.metrics import accuracy, classification_metrics, collapse_warning
+from peftlab.data.split import read_labels, read_split, stratified_sample
+from peftlab.evaluate.run import prediction_frame
 from peftlab.modeling.load import choose_device, load_causal_lm, load_encoder
-from peftlab.config.params import BaselineParams, Params
-from peftlab.modeling.predict import PromptSpec, calibrate, generate_answers, mean_pooled_embeddings, parse_label, score_labels, softmax_rows
+from peftlab.modeling.predict import (
+    PromptSpec,
+    calibrate,
+    generate_answers,
+    mean_pooled_embeddings,
+    parse_label,
+    score_labels,
+    softmax_rows,
+)
 from peftlab.report.format import metrics_row, write_tables
 from peftlab.report.plots import plot_bars
-from peftlab.core import paths
 
 
 @dataclass

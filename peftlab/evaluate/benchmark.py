@@ -1,7 +1,7 @@
 """Speed and memory of trained models, measured the way serving engineers do.
 
-Each model is measured in its own process (`python -m peftlab.evaluate.benchmark`), so its peak resident memory is its own
-and not the high-water mark of every model before it. Device work is synchronised before each clock read.
+Each model is measured in its own process (`python -m peftlab.evaluate.benchmark`), so its peak resident memory is
+its own and not the high-water mark of every model before it. Device work is synchronised before each clock read.
 """
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from peftlab.data.split import read_labels, read_split
-from peftlab.core.errors import PeftlabError, run_cli
-from peftlab.core.io import read_json, write_json
-from peftlab.modeling.load import choose_device, load_causal_lm, load_trained, synchronize
 from peftlab.config.params import Params
 from peftlab.core import paths
+from peftlab.core.errors import PeftlabError, run_cli
+from peftlab.core.io import read_json, write_json
+from peftlab.data.split import read_labels, read_split
+from peftlab.modeling.load import choose_device, load_causal_lm, load_trained, synchronize
 
 PERCENTILES = (50, 90, 99)
 

@@ -1,22 +1,21 @@
 """evaluate stage: a trained adapter on the test split -> metrics, plots, predictions and tables."""
 from __future__ import annotations
 
-
 import sys
 
 import numpy as np
 import pandas as pd
 
-from peftlab.data.split import read_split
+from peftlab.config.params import Params
 from peftlab.core.io import write_json, write_parquet
 from peftlab.core.metrics import classification_metrics, collapse_warning, curves
+from peftlab.core.paths import EvalPaths
+from peftlab.data.split import read_split
+from peftlab.data.test_sets import evaluate_test_sets
 from peftlab.modeling.load import choose_device, load_trained
-from peftlab.config.params import Params
 from peftlab.modeling.predict import predict_probs
 from peftlab.report.format import metrics_row, write_tables
 from peftlab.report.plots import plot_confusion, plot_curve
-from peftlab.data.test_sets import evaluate_test_sets
-from peftlab.core.paths import EvalPaths
 
 
 def prediction_frame(test: pd.DataFrame, probs: np.ndarray, pred: np.ndarray, labels: list[str]) -> pd.DataFrame:

@@ -330,7 +330,8 @@ def mean_pooled_embeddings(model, tokenizer, texts: Sequence[str], max_length: i
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(prog="python -m peftlab.modeling.predict", description="Label texts with a trained adapter.")
+    ap = argparse.ArgumentParser(prog="python -m peftlab.modeling.predict",
+                                 description="Label texts with a trained adapter.")
     ap.add_argument("texts", nargs="+", help="texts to classify")
     ap.add_argument("--adapter", default="models/adapters/main", help="adapter folder (default: %(default)s)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])

@@ -5,21 +5,19 @@ import math
 import tempfile
 from collections import Counter
 from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import torch
-from peftlab.data.split import read_labels, read_split
+
+from peftlab.config.params import Params
+from peftlab.core import paths
 from peftlab.core.errors import PeftlabError
 from peftlab.core.io import read_json, write_json
 from peftlab.core.metrics import accuracy
-from peftlab.config.params import Params
-from peftlab.poison.runs import predict
-from peftlab.poison.attacks import resolve_setting
-from peftlab.poison.runs import score
-from peftlab.poison.runs import train_on
-from peftlab.poison.attacks import triggered_test
-from peftlab.poison.runs import write_poisoned_splits
-from peftlab.core import paths
+from peftlab.data.split import read_labels, read_split
+from peftlab.poison.attacks import resolve_setting, triggered_test
+from peftlab.poison.runs import predict, score, train_on, write_poisoned_splits
 
 
 def sequence_nll(model, tok, texts: list[str], batch_size: int = 64) -> np.ndarray:

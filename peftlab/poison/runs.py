@@ -18,16 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from peftlab.data.split import read_labels, read_split
+from peftlab.config.params import Params
+from peftlab.core import paths
 from peftlab.core.io import atomic_path, write_json
 from peftlab.core.metrics import accuracy
-from peftlab.config.params import Params
-from peftlab.poison.attacks import Setting
-from peftlab.poison.attacks import attack_success_rate
-from peftlab.poison.attacks import poison_train
-from peftlab.poison.attacks import triggered_test
-from peftlab.core import paths
-
+from peftlab.data.split import read_labels, read_split
+from peftlab.poison.attacks import Setting, attack_success_rate, poison_train, triggered_test
 
 # --- attacks ---------------------------------------------------------------------------------------------
 

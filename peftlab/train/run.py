@@ -20,17 +20,32 @@ import numpy as np
 import pandas as pd
 import torch
 
-from peftlab.data.split import read_labels, read_split, stratified_sample
+from peftlab.config.params import Params
+from peftlab.core import paths
 from peftlab.core.errors import PeftlabError
 from peftlab.core.io import atomic_path, read_json, sha256_file, stable_hash, write_json
 from peftlab.core.metrics import accuracy, f1_macro
-from peftlab.modeling.load import ModelSetup, base_info, check_head, check_targets, choose_device, load_base, load_tokenizer, lora_config
-from peftlab.config.params import Params
-from peftlab.modeling.predict import PromptSpec, predict_probs
-from peftlab.train.checkpoints import checkpoint_step, dvclive_callback, last_complete_checkpoint, sorted_adapter_config, whole_run_train_loss
 from peftlab.core.paths import RunPaths
-from peftlab.core import paths
+from peftlab.data.split import read_labels, read_split, stratified_sample
+from peftlab.modeling.load import (
+    ModelSetup,
+    base_info,
+    check_head,
+    check_targets,
+    choose_device,
+    load_base,
+    load_tokenizer,
+    lora_config,
+)
+from peftlab.modeling.predict import PromptSpec, predict_probs
 from peftlab.modeling.truncation import encode_truncated
+from peftlab.train.checkpoints import (
+    checkpoint_step,
+    dvclive_callback,
+    last_complete_checkpoint,
+    sorted_adapter_config,
+    whole_run_train_loss,
+)
 
 # pip packages of the Trainer's trackers, for the error when one is asked for but not installed
 TRACKER_PACKAGES = {"tensorboard": "tensorboard (or tensorboardX)", "mlflow": "mlflow", "wandb": "wandb",
@@ -40,8 +55,10 @@ TRACKER_PACKAGES = {"tensorboard": "tensorboard (or tensorboardX)", "mlflow": "m
 def check_report_to(report_to: list[str]) -> None:
     """Each tracker must be one the Trainer supports and importable here; checked before any model loads or
     any output is touched, so a typo or a missing package costs one line, not a crashed run."""
-    from transformers.integrations.integration_utils import (INTEGRATION_TO_CALLBACK,
-                                                             get_available_reporting_integrations)
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
 
     allowed = ["none", *INTEGRATION_TO_CALLBACK]
     for t in report_to:
@@ -341,9 +358,10 @@ def run_train(params: Params, paths: RunPaths) -> dict:
         use_cpu=device.type == "cpu", dataloader_num_workers=0, disable_tqdm=False, optim=tp.optim,
         prediction_loss_only=not classifier, ddp_find_unused_parameters=False,
     )
-    trainer = trainer_class(setup.head, weights)(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
-                      data_collator=collator(setup, tok), compute_metrics=compute_metrics if classifier else None,
-                      callbacks=callbacks)
+    trainer = trainer_class(setup.head, weights)(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
+        data_collator=collator(setup, tok), compute_metrics=compute_metrics if classifier else None,
+        callbacks=callbacks)
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - start
