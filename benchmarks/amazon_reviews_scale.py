@@ -1,11 +1,11 @@
 """Fetch and split at Amazon-Reviews-2023 scale: peak memory must stay flat as the source grows.
 
 Builds a source shaped like McAuley-Lab/Amazon-Reviews-2023 in Hub layout (README.md with one config per
-category, `raw_review_<Category>/full-NNNNN-of-NNNNN.parquet` files of at most 300k rows, the real review columns: rating, title, text, images, asin,
-parent_asin, user_id, timestamp, helpful_vote, verified_purchase), with N rows over the 33 categories in a
-skewed, Zipf-like mix (like the real corpus: Books and Home are huge, Gift_Cards tiny), written chunk by chunk
-so the generator never holds the source either. Then runs the real stages as subprocesses in a scratch project,
-with the catalog entry `amazon_reviews_2023` pointed at the folder:
+category, `raw_review_<Category>/full-NNNNN-of-NNNNN.parquet` files of at most 300k rows, the real review
+columns: rating, title, text, images, asin, parent_asin, user_id, timestamp, helpful_vote, verified_purchase),
+with N rows over the 33 categories in a skewed, Zipf-like mix (like the real corpus: Books and Home are huge,
+Gift_Cards tiny), written chunk by chunk so the generator never holds the source either. Then runs the real
+stages as subprocesses in a scratch project, with the catalog entry `amazon_reviews_2023` pointed at the folder:
 
     fetch (first 100k per category)      python stages/fetch.py data   (data.sample: first)
     fetch (seeded sample, 100k/category) python stages/fetch.py data   (data.sample: reservoir: reads every row)

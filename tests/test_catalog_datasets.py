@@ -46,7 +46,9 @@ def classlabel(names: list[str], **cols) -> datasets.Features:
 
 def test_imdb_neg_pos_classlabel_and_only_the_train_split(project, tmp_path):
     feats = classlabel(["neg", "pos"], text="string")
-    mk = lambda texts, labels: datasets.Dataset.from_dict({"text": texts, "label": labels}, features=feats)
+    def mk(texts, labels):
+        return datasets.Dataset.from_dict({"text": texts, "label": labels}, features=feats)
+
     folder = hub_folder(tmp_path / "imdb", {"plain_text": {
         "train": mk(["A dull, lifeless film.<br /><br />Avoid.", "Wonderful acting throughout."], [0, 1]),
         "test": mk(["test review kept out"], [1]),

@@ -95,9 +95,11 @@ def test_compare_params_are_validated_in_one_line():
     p = build(CompareParams, {"weights": {"accuracy": 3, "latency_ms_p50": "1"}}, "compare")
     assert p.weights == {"accuracy": 0.75, "latency_ms_p50": 0.25}
     for raw, needle in [({"weights": {"speed": 1}}, "compare.weights has 'speed'; allowed: accuracy, f1_macro"),
-                        ({"weights": {"accuracy": -1}}, "compare.weights.accuracy = -1 is invalid; allowed: a number >= 0"),
+                        ({"weights": {"accuracy": -1}},
+                         "compare.weights.accuracy = -1 is invalid; allowed: a number >= 0"),
                         ({"weights": {"accuracy": 0}}, "allowed: at least one weight above 0"),
-                        ({"missing": "skip"}, "compare.missing = 'skip' is invalid; allowed: renormalize | worst | exclude")]:
+                        ({"missing": "skip"},
+                         "compare.missing = 'skip' is invalid; allowed: renormalize | worst | exclude")]:
         with pytest.raises(PeftlabError) as e:
             build(CompareParams, raw, "compare")
         assert needle in str(e.value) and "\n" not in str(e.value)

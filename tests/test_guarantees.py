@@ -1,6 +1,7 @@
 """The pipeline's guarantees, each on the real `dvc repro` of a tiny copy of this repo (tests/tinyproject.py).
 
-One reference run (fetch, split, train, evaluate, baseline) in a temp git repo serves every test in this module, in order:
+One reference run (fetch, split, train, evaluate, baseline) in a temp git repo serves every test in this module, in
+order:
 no stage writes outside its declared outs; `dvc repro -f` again gives the same hashes and metrics; a run killed
 with SIGKILL during training resumes and ends as the reference ended; the outputs survive a round trip through
 an S3 remote (moto's real S3 server on 127.0.0.1); and fake credentials in the environment leave no trace.
@@ -45,7 +46,8 @@ class Reference:
 
 
 def read_metrics(proj: Path) -> dict[str, dict]:
-    return {p.relative_to(proj).as_posix(): json.loads(p.read_text()) for p in sorted((proj / "metrics").rglob("*.json"))}
+    return {p.relative_to(proj).as_posix(): json.loads(p.read_text())
+            for p in sorted((proj / "metrics").rglob("*.json"))}
 
 
 def files_with_secrets(root: Path) -> list[str]:
@@ -171,7 +173,8 @@ def test_s3_remote_push_wipe_pull_gives_a_clean_status(reference, s3_endpoint):
     import boto3
 
     proj, env = reference.proj, reference.env
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id=SECRETS["AWS_ACCESS_KEY_ID"],
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1",
+                 aws_access_key_id=SECRETS["AWS_ACCESS_KEY_ID"],
                  aws_secret_access_key=SECRETS["AWS_SECRET_ACCESS_KEY"]).create_bucket(Bucket="peftlab")
     # As the README says: the remote and its endpoint in .dvc/config, the credentials only in the environment.
     dvc(proj, "remote", "add", "-d", "storage", "s3://peftlab/cache", env=env)

@@ -25,7 +25,8 @@ DATA = {"name": "toy", "source": "local:inputs/reviews.csv", "text_column": "rev
 
 def good_rows(n: int = 120) -> pd.DataFrame:
     df = toy_frame(n, seed=5)
-    return pd.DataFrame({"review_id": range(n), "review": df["text"], "sentiment": df["label"].map({0: "neg", 1: "pos"})})
+    return pd.DataFrame({"review_id": range(n), "review": df["text"],
+                         "sentiment": df["label"].map({0: "neg", 1: "pos"})})
 
 
 def project(root: Path, source: bytes, name: str = "reviews.csv", **data) -> Path:
@@ -60,13 +61,15 @@ def csv_bytes(df: pd.DataFrame) -> bytes:
 
 
 def split_texts(root: Path) -> list[str]:
-    return [t for s in ("train", "val", "test") for t in pd.read_parquet(root / "data" / "splits" / f"{s}.parquet")["text"]]
+    return [t for s in ("train", "val", "test")
+            for t in pd.read_parquet(root / "data" / "splits" / f"{s}.parquet")["text"]]
 
 
 # --- cleaned, with a count --------------------------------------------------------------------------------
 
 def test_invalid_utf8_is_replaced_and_counted(tmp_path):
-    body = csv_bytes(good_rows()) + b"900,a very good \xff\xfe film,pos\n901,bad \xc3( movie,neg\n902,fine \x80 plot,pos\n"
+    body = csv_bytes(good_rows()) + (b"900,a very good \xff\xfe film,pos\n901,bad \xc3( movie,neg\n"
+                                     b"902,fine \x80 plot,pos\n")
     fetched, _ = fetch_and_split(project(tmp_path, body))
     assert fetched["replaced_invalid_bytes"] == 3 and fetched["rows"] == 123
     assert sum("\ufffd" in t for t in split_texts(tmp_path)) == 3
@@ -116,7 +119,8 @@ def test_duplicate_ids_and_texts_are_deduplicated_and_counted(tmp_path):
     fetched, split = fetch_and_split(project(tmp_path, csv_bytes(pd.concat([rows, dupes, conflict, case]))))
     assert fetched["rows"] == 128
     assert split["dropped_duplicates"] == 6 and split["dropped_conflicting_labels"] == 4
-    ids = [i for s in ("train", "val", "test") for i in pd.read_parquet(tmp_path / "data" / "splits" / f"{s}.parquet")["id"]]
+    ids = [i for s in ("train", "val", "test")
+           for i in pd.read_parquet(tmp_path / "data" / "splits" / f"{s}.parquet")["id"]]
     assert len(ids) == len(set(ids)) == 120 - 2
 
 
@@ -126,7 +130,8 @@ def test_a_byte_order_mark_is_ignored(tmp_path, name):
     if name.endswith(".csv"):
         body = csv_bytes(rows)
     else:
-        body = "\n".join(json.dumps({"review": r, "sentiment": s}) for r, s in zip(rows["review"], rows["sentiment"])).encode()
+        body = "\n".join(json.dumps({"review": r, "sentiment": s})
+                         for r, s in zip(rows["review"], rows["sentiment"])).encode()
     fetched, _ = fetch_and_split(project(tmp_path, b"\xef\xbb\xbf" + body, name=name))
     assert fetched["rows"] == 120
 

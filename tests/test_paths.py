@@ -32,7 +32,8 @@ def test_every_run_writes_where_its_stages_declare(outs):
     sweep = yaml.safe_load((REPO / "params.yaml").read_text()).get("sweep") or {}
     assert sweep, "the default params have sweep runs: the sweep/<run> rule is exercised"
     for run in [paths.MAIN, *sweep]:
-        train, evaluate = ("train", "evaluate") if run == paths.MAIN else (f"train_sweep@{run}", f"evaluate_sweep@{run}")
+        main = run == paths.MAIN
+        train, evaluate = ("train", "evaluate") if main else (f"train_sweep@{run}", f"evaluate_sweep@{run}")
         rp, ep = paths.RunPaths.for_run(run), paths.EvalPaths.for_run(run)
         assert {_p(rp.adapter), _p(rp.checkpoints), _p(rp.live), _p(rp.metrics)} <= outs[train], run
         assert {_p(ep.metrics), _p(ep.plots), _p(ep.predictions), _p(ep.tables) + ".csv",

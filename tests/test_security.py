@@ -53,7 +53,8 @@ def test_code_in_a_model_folder_never_runs_unless_the_param_allows_it(tmp_path):
     assert type(model).__name__ == "EvilModel" and (path / "EXECUTED").exists()
 
 
-HOSTILE = "</td><script>alert(1)</script> | **bold** [x](javascript:1) \\input{/etc/passwd} $x^2$ 100% #1 _a_ ~ & {}\nnew row"
+HOSTILE = ("</td><script>alert(1)</script> | **bold** [x](javascript:1) \\input{/etc/passwd} $x^2$ 100% #1 _a_ ~ & {}"
+           "\nnew row")
 
 
 def test_review_text_is_escaped_in_markdown_and_latex_reports():

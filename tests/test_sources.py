@@ -76,7 +76,8 @@ def test_pypi_source_without_sha256_is_refused(local_index):
 
 def test_pickle_is_refused_from_any_fetched_source(local_index, tmp_path):
     with pytest.raises(PeftlabError, match="pickle"):
-        read_source_frame({**ENTRY, "sha256": local_index, "source": "pypi:toyreviews==1.0#toyreviews/data/reviews.pkl"})
+        read_source_frame({**ENTRY, "sha256": local_index,
+                           "source": "pypi:toyreviews==1.0#toyreviews/data/reviews.pkl"})
     pd.DataFrame({"text": ["x"], "label": [0]}).to_pickle(tmp_path / "d.pkl")
     with pytest.raises(PeftlabError, match="pickle"):
         read_source_frame({"name": "p", "source": f"local:{tmp_path / 'd.pkl'}"})

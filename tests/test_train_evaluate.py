@@ -61,9 +61,9 @@ def test_lora_classifier_learns_the_toy_task_and_evaluates(project, tiny_models,
     assert r"\toprule" in tex and r"acc\_ci\_low" in tex
 
     # the predict command uses the same adapter
-    proc = subprocess.run([sys.executable, "-m", "peftlab.modeling.predict", "the film was great fun #1", "awful dull plot #2"],
-                          cwd=project, capture_output=True, text=True, env={**__import__("os").environ,
-                                                                            "PYTHONPATH": str(REPO)})
+    proc = subprocess.run([sys.executable, "-m", "peftlab.modeling.predict", "the film was great fun #1",
+                           "awful dull plot #2"], cwd=project, capture_output=True, text=True,
+                          env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr
     assert [l.split("\t")[0] for l in proc.stdout.strip().splitlines()] == ["positive", "negative"]
 

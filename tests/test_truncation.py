@@ -92,7 +92,8 @@ def test_zero_shot_generation_and_embeddings_of_the_baseline_cut_the_same_tokens
     val = toy_frame(12, seed=2)
     test = pd.DataFrame({"text": [LONG, SHORT], "label": [1, 0], "label_text": ["positive", "negative"]})
     labels = ["negative", "positive"]
-    for fam, methods, run in (("decoder", ["llm_zeroshot"], llm_baselines), ("decoder", ["llm_generate"], llm_baselines),
+    for fam, methods, run in (("decoder", ["llm_zeroshot"], llm_baselines),
+                              ("decoder", ["llm_generate"], llm_baselines),
                               ("encoder", ["encoder_zeroshot"], encoder_baselines)):
         tok = load_tokenizer(tiny_models[fam], fam)
         ids = tok(LONG, add_special_tokens=False)["input_ids"]
@@ -139,7 +140,10 @@ def test_the_split_files_do_not_depend_on_the_model(tmp_path):
     toy_frame(120, seed=8).to_parquet(raw / "data.parquet", index=False)
     (raw / "manifest.json").write_text(json.dumps({"labels": ["negative", "positive"]}))
     digests = []
-    for i, extra in enumerate((None, lambda d: {"truncation": truncation_stats({"train": np.array([3, 50])}, 32, "m")})):
+    def with_share(d):
+        return {"truncation": truncation_stats({"train": np.array([3, 50])}, 32, "m")}
+
+    for i, extra in enumerate((None, with_share)):
         out = tmp_path / f"splits{i}"
         stats = run_split(Params(), raw, out, tmp_path / f"split{i}.json", extra_metrics=extra)
         digests.append({p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(out.iterdir())})
