@@ -45,8 +45,11 @@ CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }
           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def build_tiny_model(dest: Path, family: str, name: str) -> Path:
-    """A real (randomly initialised, seeded) tiny model saved in HF layout with a peftlab.json, like fetch."""
+def build_tiny_model(dest: Path, family: str, name: str, hidden: int = 32) -> Path:
+    """A real (randomly initialised, seeded) tiny model saved in HF layout with a peftlab.json, like fetch.
+
+    `hidden`: 64 for 4-bit tests, since bitsandbytes' CPU kernels need every in-feature size to hold a whole
+    quantisation block (64 values); at 32 the packed-weight path of AVX-512 CPUs fails while others pass."""
     import torch
     from transformers import AutoModel, BertConfig, LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
@@ -64,8 +67,8 @@ def build_tiny_model(dest: Path, family: str, name: str) -> Path:
         model = T5ForConditionalGeneration(cfg)
         targets = ["q", "v"]
     else:
-        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                          num_key_value_heads=1, intermediate_size=64, max_position_embeddings=256,
+        cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                          num_key_value_heads=1, intermediate_size=2 * hidden, max_position_embeddings=256,
                           pad_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
                           eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), tie_word_embeddings=True)
         model = LlamaForCausalLM(cfg)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, toy_frame, write_splits
+from conftest import REPO, build_tiny_model, toy_frame, write_splits
 from peftlab.config.params import Params, apply_sweep, build
 from peftlab.core.errors import PeftlabError
 from peftlab.core.paths import RunPaths
@@ -89,8 +89,8 @@ def test_generative_loss_covers_the_answer_tokens_only(tiny_models):
     assert row["labels"][: len(row["labels"]) - 2] == [-100] * (len(row["labels"]) - 2)
 
 
-def test_qlora_4bit_step_on_cpu(project, tiny_models):
-    shutil.copytree(tiny_models["decoder"], project / "models" / "base" / "tiny-decoder")
+def test_qlora_4bit_step_on_cpu(project):
+    build_tiny_model(project / "models" / "base" / "tiny-decoder", "decoder", "tiny-decoder", hidden=64)
     write_splits(project, toy_frame(80, seed=6))
     p = params_for("tiny-decoder", "classifier")
     p.model.quantization = "4bit"
