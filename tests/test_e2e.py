@@ -31,7 +31,8 @@ def copy_repo(dest: Path, params_override: dict) -> Path:
 
 
 SMALL = {"data": {"max_samples": 1500}, "models": {"minilm-l6": {}},
-         "train": {"epochs": 3, "lr": 0.002, "save_steps": 50}, "evaluate": {"bootstrap": 200}}
+         "train": {"epochs": 3, "lr": 0.002, "save_steps": 50, "min_steps": 100},   # 3 x 38 steps: not raised
+         "evaluate": {"bootstrap": 200}}
 
 
 def test_dvc_repro_end_to_end_then_nothing_to_do_then_refuses_bad_params(tmp_path):

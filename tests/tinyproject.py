@@ -30,8 +30,9 @@ PARAMS = {
                              "target_modules": ["query", "key", "value"]}},
     "model": {"name": "tiny-bert", "max_length": 32},
     "split": {"val": 0.15, "test": 0.15},
-    # 8 epochs x 35 steps with a checkpoint every 10: long enough to be killed between two checkpoints
-    "train": {"epochs": 8, "lr": 0.005, "batch_size": 8, "save_steps": 10, "logging_steps": 5},
+    # 8 epochs with a checkpoint every 10 steps: long enough to be killed between two checkpoints (min_steps 0: exactly
+    # this schedule, whatever the default)
+    "train": {"epochs": 8, "lr": 0.005, "batch_size": 8, "save_steps": 10, "logging_steps": 5, "min_steps": 0},
     "evaluate": {"bootstrap": 100},
     # the classical and frozen-embedding baselines on the tiny BERT (no decoder here, so no llm_* methods)
     "baseline": {"methods": ["majority", "stratified", "tfidf_logreg", "tfidf_svm", "emb_logreg", "emb_svm_rbf",
