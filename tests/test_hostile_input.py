@@ -5,16 +5,24 @@ Each case is either cleaned, with a count in data/raw/manifest.json or metrics/s
 """
 from __future__ import annotations
 
+import bz2
+import gzip
+import io
 import json
+import lzma
 import os
+import pickle
 import shutil
 import subprocess
 import sys
+import zipfile
+import zlib
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+import zstandard
 
 from conftest import REPO, toy_frame
 from tinyproject import file_hashes
@@ -204,3 +212,37 @@ def test_split_refuses_data_with_no_text_left_and_keeps_its_outputs(fetched_befo
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error: no rows left after cleaning and filtering")
     assert file_hashes(fetched_before / "data" / "splits") == before
+
+
+# --- pickle, refused by what the file is --------------------------------------------------------------------
+
+def _zip(b: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("reviews.csv", b)
+    return buf.getvalue()
+
+
+COMPRESSIONS = {"none": lambda b: b, "gzip": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress,
+                "zstd": lambda b: zstandard.ZstdCompressor().compress(b), "zip": _zip, "zlib": zlib.compress}
+LAYER = {"none": "", "zstd": " (inside its zstd layer)", "zip": " (inside its zip member reviews.csv layer)"}
+
+
+@pytest.mark.parametrize("compression", list(COMPRESSIONS))
+def test_a_pickled_table_is_refused_whatever_its_name_or_format(fetched_before, compression):
+    """Protocol 0 (printable, starts like a CSV row) and 5, under a CSV's name, and again with data.format: csv."""
+    for protocol, name, fmt in ((0, "reviews.csv", {}), (5, "reviews.txt", {"format": "csv"})):
+        body = COMPRESSIONS[compression](pickle.dumps(good_rows(), protocol=protocol))
+        err = refuse(fetched_before, body, name, **fmt)
+        layer = LAYER.get(compression, f" (inside its {compression} layer)")
+        assert err == (f"error: {name} is a pickle{layer}: pickle runs code when read and is refused from any data "
+                       f"source; allowed: csv, tsv, jsonl, json, parquet")
+
+
+@pytest.mark.parametrize("first", ["(", "c"])
+def test_a_csv_that_starts_like_a_protocol_0_pickle_is_read(tmp_path, first):
+    """`(` is pickle's MARK and `c` its GLOBAL: a first byte proves nothing, the opcode walk does."""
+    df = good_rows()
+    df.insert(0, f"{first}id", range(len(df)))
+    fetched, _ = fetch_and_split(project(tmp_path, csv_bytes(df)))
+    assert fetched["rows"] == len(df)

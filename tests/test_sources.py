@@ -83,6 +83,33 @@ def test_pickle_is_refused_from_any_fetched_source(local_index, tmp_path):
         read_source_frame({"name": "p", "source": f"local:{tmp_path / 'd.pkl'}"})
 
 
+def test_a_joblib_pickle_named_pkl_compress_in_a_wheel_is_refused_as_a_pickle(tmp_path, monkeypatch):
+    """The case a new user hit: an artifact's `.pkl.compress` (joblib, zlib inside) was refused only as an
+    unknown table format (with `data.format: csv`, parsed as text); it is refused as what it is."""
+    import joblib
+    joblib.dump(pd.DataFrame({"text": ["a fine film"], "category": ["fresh"]}), tmp_path / "d", compress=3)
+    wheel = make_wheel(tmp_path / "wheels", "toyjob", "1.0",
+                       {"toyjob/reviews.pkl.compress": (tmp_path / "d").read_bytes()})
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "wheels"))
+    monkeypatch.setenv("PEFTLAB_CACHE", str(tmp_path / "cache"))
+    entry = {**ENTRY, "source": "pypi:toyjob==1.0#toyjob/reviews.pkl.compress",
+             "sha256": hashlib.sha256(wheel.read_bytes()).hexdigest()}
+    for fmt in (None, "csv"):
+        with pytest.raises(PeftlabError) as e:
+            read_source_frame({**entry, "format": fmt})
+        assert str(e.value) == ("reviews.pkl.compress is a pickle (inside its zlib layer): pickle runs code when "
+                                "read and is refused from any data source; allowed: csv, tsv, jsonl, json, parquet")
+
+
+def test_an_unknown_table_name_says_so_without_printing_none(tmp_path):
+    (tmp_path / "reviews.data").write_text(CSV)
+    with pytest.raises(PeftlabError) as e:
+        read_source_frame({"name": "p", "source": f"local:{tmp_path / 'reviews.data'}"})
+    assert "None" not in str(e.value) and str(e.value).startswith(
+        "reviews.data: the table format cannot be told from the name; allowed: .csv, .tsv")
+
+
 def test_model_folder_with_only_pickle_weights_is_refused(tmp_path):
     from peftlab.data.sources import fetch_model_files
 

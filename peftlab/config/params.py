@@ -62,7 +62,7 @@ class ModelParams:
     head: Optional[Literal["classifier", "generative", "seq2seq"]] = _meta(doc="null: the catalog's")
     quantization: Literal["none", "8bit", "4bit"] = "none"
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    max_length: int = _meta(64, lo=8, hi=32768, doc="tokens of the review itself, prompt and special tokens on top")
+    max_length: int = _meta(128, lo=8, hi=32768, doc="tokens of the review itself, prompt and special tokens on top")
     trust_remote_code: bool = False
 
 
@@ -156,7 +156,7 @@ class BaselineParams:
     encoder: str = _meta("minilm-l6", doc="a key of `models`: frozen embeddings and encoder zero-shot")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     batch_size: int = _meta(32, lo=1)
-    max_length: int = _meta(64, lo=8, doc="review tokens for the encoder and the zero-shot LLM")
+    max_length: int = _meta(128, lo=8, doc="review tokens for the encoder and the zero-shot LLM")
     select_rows: int = _meta(200, lo=10, doc="val rows (stratified sample) that choose the zero-shot variant")
     prompts: list[dict] = _meta(factory=lambda: [
         {"system": "Classify the sentiment of the movie review as {labels}.", "user": "{text}"},

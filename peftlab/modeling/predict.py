@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -38,22 +38,30 @@ def padded_batches(tokenizer, enc, batch_size: int, device: torch.device, desc: 
         yield idx, tokenizer.pad([{k: enc[k][i] for k in enc.keys()} for i in idx], return_tensors="pt").to(device)
 
 
-def classifier_probs(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64,
-                     device: torch.device | None = None, progress: bool = True) -> np.ndarray:
-    """Class probabilities (n, k) from a sequence-classification model."""
+def rows_from_batches(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int,
+                      device: torch.device | None, desc: str, progress: bool,
+                      per_batch: Callable[[dict], torch.Tensor]) -> np.ndarray:
+    """(n, d) float32 array with row i = `per_batch`'s output for text i: the one truncate, length-sort, pad,
+    run and scatter-back loop that classifier scores and encoder embeddings share."""
     device = device or next(model.parameters()).device
     enc = encode_truncated(tokenizer, texts, max_length)
     out = None
     with torch.inference_mode():
-        for idx, batch in padded_batches(tokenizer, enc, batch_size, device, "scoring", progress):
-            logits = model(**batch).logits.float()
-            probs = torch.softmax(logits, dim=-1).cpu().numpy()
+        for idx, batch in padded_batches(tokenizer, enc, batch_size, device, desc, progress):
+            rows = per_batch(batch).float().cpu().numpy()
             if out is None:
-                out = np.zeros((len(texts), probs.shape[1]), dtype=np.float32)
-            out[idx] = probs
+                out = np.zeros((len(texts), rows.shape[1]), dtype=np.float32)
+            out[idx] = rows
     if out is None:
-        raise PeftlabError("nothing to score: no texts given")
+        raise PeftlabError(f"nothing to score ({desc}): no texts given")
     return out
+
+
+def classifier_probs(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64,
+                     device: torch.device | None = None, progress: bool = True) -> np.ndarray:
+    """Class probabilities (n, k) from a sequence-classification model."""
+    return rows_from_batches(model, tokenizer, texts, max_length, batch_size, device, "scoring", progress,
+                             lambda batch: torch.softmax(model(**batch).logits.float(), dim=-1))
 
 
 def left_pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -315,18 +323,12 @@ def parse_label(answer: str, label_words: Sequence[str]) -> int:
 def mean_pooled_embeddings(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64,
                            device: torch.device | None = None, progress: bool = True) -> np.ndarray:
     """L2-normalised mean of the last hidden states over real tokens (sentence-transformers pooling)."""
-    device = device or next(model.parameters()).device
-    enc = encode_truncated(tokenizer, texts, max_length)
-    out = None
-    with torch.inference_mode():
-        for idx, batch in padded_batches(tokenizer, enc, batch_size, device, "embedding", progress):
-            hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            emb = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
-            if out is None:
-                out = np.zeros((len(texts), emb.shape[1]), dtype=np.float32)
-            out[idx] = emb.float().cpu().numpy()
-    return out
+    def pooled(batch: dict) -> torch.Tensor:
+        hidden = model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1), dim=-1)
+
+    return rows_from_batches(model, tokenizer, texts, max_length, batch_size, device, "embedding", progress, pooled)
 
 
 def main() -> None:
