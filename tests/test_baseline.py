@@ -35,7 +35,8 @@ def brute_force(model, tok, prompt: str, ids: list[int]) -> float:
     return float(sum(lp[start - 1 + j, t] for j, t in enumerate(ids)))
 
 
-@pytest.mark.parametrize("words", [["positive", "negative"], ["very good", "not fun at all"]])
+@pytest.mark.parametrize("words", [["positive", "negative"], ["very good", "not fun at all"],
+                                   ["good", "not fun at all", "so so", "neutral"]])
 def test_scoring_picks_the_label_whose_words_are_more_probable(tiny_lm, words):
     model, tok = tiny_lm
     prompts = [chat_prompt(tok, "classify", t, "this review is") for t in
@@ -44,6 +45,8 @@ def test_scoring_picks_the_label_whose_words_are_more_probable(tiny_lm, words):
     got = label_logprobs(model, tok, prompts, ids, batch_size=3, progress=False)   # batched, left-padded
     want = np.array([[brute_force(model, tok, p, i) for i in ids] for p in prompts])
     np.testing.assert_allclose(got, want, atol=1e-4)
+    np.testing.assert_allclose(label_logprobs(model, tok, prompts, ids, 2, progress=False, reuse_prefix=False),
+                               want, atol=1e-4)                              # no shared-prefix cache
     assert (got.argmax(1) == want.argmax(1)).all()
 
 

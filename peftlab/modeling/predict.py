@@ -150,7 +150,7 @@ def label_logprobs(model, tokenizer, prompts: Sequence[str], label_ids: list[lis
         if p:
             cache = model(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values
 
-        def forward(seqs: list[list[int]], keep: int) -> torch.Tensor:
+        def forward(seqs: list[list[int]], keep: int):
             batch = left_pad([s[p:] for s in seqs], pad, device)
             if cache is not None:
                 past = copy.deepcopy(cache)
@@ -159,19 +159,33 @@ def label_logprobs(model, tokenizer, prompts: Sequence[str], label_ids: list[lis
                 batch["attention_mask"] = torch.cat([ones, batch["attention_mask"]], dim=1)
                 batch["position_ids"] = batch["position_ids"] + p
                 batch["past_key_values"] = past
-            return model(**batch, logits_to_keep=keep).logits
+            return batch, model(**batch, use_cache=True, logits_to_keep=keep)
 
+        # Multi-token labels: each prompt runs once; its cache, repeated once per label, then takes every label's
+        # tokens but the last in one pass (right-padded to the longest; causal attention keeps the padding out of
+        # the positions read). Cost: prompt tokens + b x k x (longest label - 1), not k full prompt passes.
+        k, longest = len(label_ids), max(len(ids) for ids in label_ids)
+        firsts = [ids[0] for ids in label_ids]
         for idx in tqdm(batches, desc="label scoring", unit="batch", disable=not progress):
-            if single:  # one pass: the next-token distribution holds every label
-                lp = torch.log_softmax(forward([enc[i] for i in idx], 1)[:, -1].float(), dim=-1)
-                out[idx] = lp[:, [ids[0] for ids in label_ids]].cpu().numpy()
+            batch, res = forward([enc[i] for i in idx], 1)
+            lp = torch.log_softmax(res.logits[:, -1].float(), dim=-1)
+            out[idx] = lp[:, firsts].cpu().numpy()
+            if single:  # the next-token distribution holds every label
                 continue
-            for j, ids in enumerate(label_ids):  # teacher-force each label's tokens after the prompt
-                m = len(ids)
-                logits = forward([enc[i] + ids for i in idx], m + 1)
-                lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-                target = torch.tensor(ids, device=lp.device).expand(len(idx), m)
-                out[idx, j] = lp.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum(-1).cpu().numpy()
+            b, m = len(idx), longest - 1
+            past = res.past_key_values
+            past.batch_repeat_interleave(k)                       # rows: prompt 0's k labels, prompt 1's, ...
+            feed = torch.tensor([(ids[:-1] + [pad] * m)[:m] for ids in label_ids], device=device).repeat(b, 1)
+            mask = torch.cat([batch["attention_mask"].repeat_interleave(k, 0),
+                              torch.ones((b * k, m), dtype=batch["attention_mask"].dtype, device=device)], dim=1)
+            pos = batch["position_ids"][:, -1:].repeat_interleave(k, 0) + 1 + torch.arange(m, device=device)
+            logits = model(input_ids=feed, attention_mask=mask, position_ids=pos, past_key_values=past).logits
+            lp = torch.log_softmax(logits.float(), dim=-1).view(b, k, m, -1)
+            for j, ids in enumerate(label_ids):
+                if len(ids) > 1:
+                    target = torch.tensor(ids[1:], device=lp.device).expand(b, len(ids) - 1)
+                    rest = lp[:, j, : len(ids) - 1].gather(-1, target.unsqueeze(-1)).squeeze(-1).sum(-1)
+                    out[idx, j] += rest.cpu().numpy()
     return out
 
 
