@@ -141,14 +141,14 @@ def label_logprobs(model, tokenizer, prompts: Sequence[str], label_ids: list[lis
     enc = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = np.zeros((len(enc), len(label_ids)), dtype=np.float64)
-    single = all(len(ids) == 1 for ids in label_ids)
     prefix = shared_prefix(enc) if reuse_prefix else []
     p = len(prefix)
     cache = None
     batches = list(length_sorted_batches([len(x) for x in enc], batch_size))
     with torch.inference_mode():
         if p:
-            cache = model(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values
+            prefix_ids = torch.tensor([prefix], device=device)
+            cache = model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1).past_key_values
 
         def forward(seqs: list[list[int]], keep: int):
             batch = left_pad([s[p:] for s in seqs], pad, device)
@@ -161,31 +161,30 @@ def label_logprobs(model, tokenizer, prompts: Sequence[str], label_ids: list[lis
                 batch["past_key_values"] = past
             return batch, model(**batch, use_cache=True, logits_to_keep=keep)
 
-        # Multi-token labels: each prompt runs once; its cache, repeated once per label, then takes every label's
-        # tokens but the last in one pass (right-padded to the longest; causal attention keeps the padding out of
-        # the positions read). Cost: prompt tokens + b x k x (longest label - 1), not k full prompt passes.
-        k, longest = len(label_ids), max(len(ids) for ids in label_ids)
+        # Multi-token labels: each prompt runs once; its cache, repeated once per label, then takes the labels'
+        # tokens but the last, one pass per continuation length (so no label is padded: the tokens computed per
+        # prompt are its own plus the sum over labels of len - 1, not k full prompt passes).
         firsts = [ids[0] for ids in label_ids]
+        by_length: dict[int, list[int]] = {}
+        for j, ids in enumerate(label_ids):
+            if len(ids) > 1:
+                by_length.setdefault(len(ids) - 1, []).append(j)
         for idx in tqdm(batches, desc="label scoring", unit="batch", disable=not progress):
             batch, res = forward([enc[i] for i in idx], 1)
             lp = torch.log_softmax(res.logits[:, -1].float(), dim=-1)
             out[idx] = lp[:, firsts].cpu().numpy()
-            if single:  # the next-token distribution holds every label
-                continue
-            b, m = len(idx), longest - 1
-            past = res.past_key_values
-            past.batch_repeat_interleave(k)                       # rows: prompt 0's k labels, prompt 1's, ...
-            feed = torch.tensor([(ids[:-1] + [pad] * m)[:m] for ids in label_ids], device=device).repeat(b, 1)
-            mask = torch.cat([batch["attention_mask"].repeat_interleave(k, 0),
-                              torch.ones((b * k, m), dtype=batch["attention_mask"].dtype, device=device)], dim=1)
-            pos = batch["position_ids"][:, -1:].repeat_interleave(k, 0) + 1 + torch.arange(m, device=device)
-            logits = model(input_ids=feed, attention_mask=mask, position_ids=pos, past_key_values=past).logits
-            lp = torch.log_softmax(logits.float(), dim=-1).view(b, k, m, -1)
-            for j, ids in enumerate(label_ids):
-                if len(ids) > 1:
-                    target = torch.tensor(ids[1:], device=lp.device).expand(b, len(ids) - 1)
-                    rest = lp[:, j, : len(ids) - 1].gather(-1, target.unsqueeze(-1)).squeeze(-1).sum(-1)
-                    out[idx, j] += rest.cpu().numpy()
+            b, groups = len(idx), list(by_length.items())
+            for g, (m, js) in enumerate(groups):
+                past = res.past_key_values if g == len(groups) - 1 else copy.deepcopy(res.past_key_values)
+                past.batch_repeat_interleave(len(js))          # rows: prompt 0's labels js, prompt 1's, ...
+                feed = torch.tensor([label_ids[j][:-1] for j in js], device=device).repeat(b, 1)
+                mask = batch["attention_mask"].repeat_interleave(len(js), 0)
+                mask = torch.cat([mask, torch.ones((b * len(js), m), dtype=mask.dtype, device=device)], dim=1)
+                pos = batch["position_ids"][:, -1:].repeat_interleave(len(js), 0) + 1 + torch.arange(m, device=device)
+                logits = model(input_ids=feed, attention_mask=mask, position_ids=pos, past_key_values=past).logits
+                lp = torch.log_softmax(logits.float(), dim=-1).view(b, len(js), m, -1)
+                target = torch.tensor([label_ids[j][1:] for j in js], device=lp.device).expand(b, len(js), m)
+                out[np.ix_(idx, js)] += lp.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum(-1).cpu().numpy()
     return out
 
 
