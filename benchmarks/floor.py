@@ -14,6 +14,8 @@ The paths, each through the project's own code, on real rows, timed after a warm
   a. MiniLM LoRA training       peftlab.train.run.run_train (main run's params), a fixed number of steps
   b. MiniLM scoring             peftlab.modeling.predict.predict_probs, base model with a fresh classifier head
   c. SmolLM2 zero-shot scoring  peftlab.modeling.predict.score_labels, baseline.prompts[0] + baseline.prefills[0]
+  c'. the same, 3 labels of several tokens each (very negative / neither good nor bad / very positive): the
+      seconds ratio c'/c is the cost of multi-token labels (its prompts also name three labels, not two)
   d. SmolLM2 generative LoRA    run_train with the generative sweep run's params, a few steps
   e. SmolLM2 classifier scoring predict_probs, the classifier sweep run's setup, fresh score head
 Prints the counting rule, the peak per shape, then per path: rows, tokens, seconds, useful GFLOP/s and its share
@@ -56,6 +58,10 @@ from peftlab.train.run import features, model_setup, run_train  # noqa: E402
 
 if TYPE_CHECKING:
     from peft import LoraConfig
+
+# c': three labels whose words take several SmolLM2 tokens each (after the prefill's space)
+MULTI_LABELS = ["negative", "mixed", "positive"]
+MULTI_WORDS = ["very negative", "neither good nor bad", "very positive"]
 
 COUNTING_RULE = """\
 Useful FLOPs (one multiply-add = 2 FLOPs), counted from the parameters and the tokens, never measured:
@@ -306,12 +312,15 @@ def classifier_path(setup: ModelSetup, texts: list[str], batch_size: int, warm_r
 
 
 def zeroshot_path(params: Params, labels: list[str], texts: list[str], warm_rows: int,
-                  device: torch.device) -> tuple[Work, float, Arch]:
-    """score_labels as the baseline stage calls it, with baseline.prompts[0] and baseline.prefills[0]."""
+                  device: torch.device, label_words: dict | None = None) -> tuple[Work, float, Arch]:
+    """score_labels as the baseline stage calls it, with baseline.prompts[0] and baseline.prefills[0]
+    (and `label_words` instead of the prompt's own, for the multi-token case)."""
     bp = params.baseline
     model, tok = load_causal_lm(paths.base_model(bp.llm), device)
     tok.padding_side = "left"
     spec = candidate(bp, 0, bp.prefills[0])
+    if label_words is not None:
+        spec = dataclasses.replace(spec, label_words=label_words)
 
     def score(rows: list[str]):
         return score_labels(model, tok, spec, rows, labels, batch_size=bp.batch_size, device=device,
@@ -400,6 +409,10 @@ def main() -> None:
                                device))
         record(f"c. {params.baseline.llm} zero-shot (score_labels, batch {params.baseline.batch_size})", False,
                zeroshot_path(params, labels, llm_texts, warm_rows, device))
+        # three labels of several tokens each (scored from the prompt's cache), against c's single-token labels
+        multi = dict(zip(MULTI_LABELS, MULTI_WORDS))
+        record(f"c'. {params.baseline.llm} zero-shot, 3 multi-token labels", False,
+               zeroshot_path(params, MULTI_LABELS, llm_texts, warm_rows, device, label_words=multi))
         record(f"d. {gen_name} LoRA training (run_train, batch {batch}, {args.gen_steps} steps)", True,
                train_path(training_params(gen_run, device.type), labels, args.gen_steps, warm_steps, tmp,
                           "generative"))
@@ -413,10 +426,15 @@ def main() -> None:
     for r in results:
         print(f"{r['path']:{width}s} {r['rows']:5d} {r['tokens']:7d} {r['seconds']:8.2f} {r['useful_gflop']:8.1f} "
               f"{r['useful_gflops']:8.2f} {r['share_of_peak']:6.1%}")
+    single, multi = (next(r for r in results if r["path"].startswith(c)) for c in ("c.", "c'."))
+    ratio = multi["seconds"] / single["seconds"]
+    print(f"multi-token labels: c' takes {ratio:.2f}x the seconds of c on the same {single['rows']} reviews "
+          f"({', '.join(MULTI_WORDS)} against the prompt's one-token words)")
     print(f"share: of the {peak:.1f} GFLOP/s fp32 GEMM peak above (same machine, same run, "
           f"{torch.get_num_threads()} threads)")
     if args.json:
         out = {"counting_rule": COUNTING_RULE, "device": device.type, "threads": torch.get_num_threads(),
+               "multi_token_cost_ratio": ratio,
                "quick": args.quick, "peak_gflops": peak, "peak_shapes": peak_rows, "paths": results}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=2) + "\n")
