@@ -45,8 +45,12 @@ def test_predictions_pair_by_id_and_no_answer_counts_as_wrong():
     a, b = correct_vectors(ref, other, "ref", "other")
     assert a.tolist() == [True, True, False, True]
     assert b.tolist() == [True, False, True, False]        # a: right, b: -1 (no answer), c: right, d: wrong
-    with pytest.raises(PeftlabError, match="cover 3 of the 4 test rows"):
-        correct_vectors(ref, other.iloc[:3], "ref", "other")
+    a3, b3 = correct_vectors(ref, other.iloc[:3], "ref", "other")     # scored on a subset: paired on its rows
+    assert (a3.tolist(), b3.tolist()) == ([True, False, True], [False, True, False])  # rows b, c, d by id
+    assert correct_vectors(other.iloc[:3], ref, "other", "ref")[1].tolist() == [True, False, True]   # d, c, b
+    elsewhere = other.assign(id=["d", "c", "b", "e"])                   # "e" is in no row of ref: another split
+    with pytest.raises(PeftlabError, match=r"of 'other' \(4 rows\) share 3 rows with the 4 of 'ref'"):
+        correct_vectors(ref, elsewhere, "ref", "other")
 
 
 def test_paired_bootstrap_ci_brackets_the_difference_and_is_seeded():
@@ -307,3 +311,27 @@ def test_offline_plots_template_renders_in_headless_chromium(tmp_path):
                           (tmp_path / "out/index.html").as_uri()], capture_output=True, text=True, timeout=120)
     assert 'class="marks"' in dom.stdout, dom.stderr[-2000:]       # vega-embed drew its canvas/svg
     assert "vega-embed" in dom.stdout
+
+
+def test_a_method_scored_on_a_sample_of_the_test_rows_is_paired_on_those_rows(tmp_path):
+    """Free generation on a fixed 200 of the test rows is compared with the others on the rows it scored, and
+    the pair's row count is kept (the report says "on N rows") instead of the comparison being refused."""
+    from peftlab.compare.rank import Method, pairwise
+    from peftlab.compare.report import paired_on
+
+    rng = np.random.default_rng(0)
+    ids, label = [f"r{i}" for i in range(400)], rng.integers(0, 2, 400)
+    full = pd.DataFrame({"id": ids, "label": label, "pred": np.where(rng.random(400) < 0.85, label, 1 - label)})
+    part = full.sample(200, random_state=1).assign(pred=lambda d: np.where(rng.random(200) < 0.6, d.label, 1 - d.label))
+    full.to_parquet(tmp_path / "ref.parquet")
+    part.to_parquet(tmp_path / "gen.parquet")
+    methods = [Method("ref", "lora", {}, predictions=tmp_path / "ref.parquet"),
+               Method("gen", "baseline", {}, predictions=tmp_path / "gen.parquet"),
+               Method("ref2", "lora", {}, predictions=tmp_path / "ref.parquet")]
+    table = pairwise(pd.DataFrame({"method": ["ref", "gen", "ref2"]}), methods, "ref", 200, 0)
+    gen = table.set_index("method").loc["gen"]
+    shared = full.set_index("id").loc[part["id"]]
+    assert gen["paired_rows"] == 200
+    assert gen["acc_diff"] == pytest.approx((shared.pred == shared.label).mean() - (part.pred == part.label).mean())
+    assert table.set_index("method").loc["ref2", "paired_rows"] == 400
+    assert paired_on(gen, table) == " on 200 rows" and paired_on(table.iloc[2], table) == ""

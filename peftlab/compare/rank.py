@@ -164,11 +164,14 @@ def load_predictions(path: Path) -> pd.DataFrame:
 
 def correct_vectors(ref: pd.DataFrame, other: pd.DataFrame, ref_name: str, other_name: str
                     ) -> tuple[np.ndarray, np.ndarray]:
-    """Per-row correctness of two methods on the same rows, matched by id. A pred of -1 (no answer) is wrong."""
+    """Per-row correctness of two methods on the rows both scored, matched by id. A pred of -1 (no answer) is
+    wrong. One may cover a subset of the other's rows (a method scored on a fixed sample of the test split, such
+    as free generation): the pair is then tested on those shared rows. Rows either lacks mean another split."""
     merged = ref[["id", "label", "pred"]].merge(other[["id", "label", "pred"]], on="id", suffixes=("_a", "_b"))
-    if len(merged) != len(ref) or len(merged) != len(other):
-        raise PeftlabError(f"predictions of {other_name!r} cover {len(merged)} of the {len(ref)} test rows of "
-                           f"{ref_name!r}; allowed: every method scored on the same test split (rerun its stage)")
+    if merged.empty or len(merged) not in (len(ref), len(other)):
+        raise PeftlabError(f"predictions of {other_name!r} ({len(other)} rows) share {len(merged)} rows with the "
+                           f"{len(ref)} of {ref_name!r}, and each has rows the other lacks; allowed: the same test "
+                           f"split, or one method on a subset of the other's rows (rerun the stale stage)")
     if (merged["label_a"] != merged["label_b"]).any():
         raise PeftlabError(f"predictions of {other_name!r} and {ref_name!r} disagree on true labels; allowed: "
                            f"both scored on the same test split (rerun the stale stage)")
@@ -203,7 +206,7 @@ def pairwise(df: pd.DataFrame, methods: list[Method], reference: str, n_resample
     the paired CI, McNemar's p and Holm's adjustment over all comparisons made."""
     by_name = {m.name: m for m in methods}
     ref = by_name.get(reference)
-    cols = ["acc_diff", "diff_ci_low", "diff_ci_high", "ref_only", "other_only", "p_mcnemar", "p_holm"]
+    cols = ["acc_diff", "diff_ci_low", "diff_ci_high", "ref_only", "other_only", "p_mcnemar", "paired_rows", "p_holm"]
     df = df.assign(**{c: np.nan for c in cols})
     if ref is None or ref.predictions is None or not ref.predictions.exists():
         return df
@@ -215,7 +218,7 @@ def pairwise(df: pd.DataFrame, methods: list[Method], reference: str, n_resample
         a, b = correct_vectors(ref_pred, load_predictions(me.predictions), reference, me.name)
         d, lo, hi = paired_bootstrap_diff(a, b, n_resamples, seed)
         t = mcnemar_exact(a, b)
-        df.loc[i, cols[:-1]] = [d, lo, hi, t["a_only"], t["b_only"], t["p_mcnemar"]]
+        df.loc[i, cols[:-1]] = [d, lo, hi, t["a_only"], t["b_only"], t["p_mcnemar"], len(a)]
     tested = df["p_mcnemar"].notna()
     if tested.any():
         df.loc[tested, "p_holm"] = multipletests(df.loc[tested, "p_mcnemar"], method="holm")[1]

@@ -54,6 +54,12 @@ def _score(row) -> str:
     return s + " †" if s != DASH and as_number(row.get("coverage")) is not None and row["coverage"] < 0.999 else s
 
 
+def paired_on(row: pd.Series, table: pd.DataFrame) -> str:
+    """" on 200 rows" when a pair was tested on a subset of the rows the others were (paired on shared ids)."""
+    n, full = as_number(row.get("paired_rows")), as_number(table["paired_rows"].max())
+    return f" on {int(n):,} rows" if n is not None and full is not None and n < full else ""
+
+
 def _headline_rows(r: Report, esc) -> tuple[list[str], list[list[str]]]:
     header = ["Rank", "Method", "Kind", "Model", "Accuracy [95% CI]", "Macro F1", "Samples/s", "p50 ms",
               "Peak MB", "Score", f"Δ acc ({esc(r.reference)} − row) [95% CI]", "McNemar p (Holm)"]
@@ -64,7 +70,8 @@ def _headline_rows(r: Report, esc) -> tuple[list[str], list[list[str]]]:
         rows.append([str(row["rank"]), method, esc(row["kind"]), model,
                      fmt_ci(row["accuracy"], row["acc_ci_low"], row["acc_ci_high"]), fmt(row["f1_macro"]),
                      fmt(row["samples_per_s"], 1), fmt(row["latency_ms_p50"], 1), fmt(row["peak_mem_mb"], 0),
-                     _score(row), fmt_ci(row["acc_diff"], row["diff_ci_low"], row["diff_ci_high"], signed=True),
+                     _score(row), fmt_ci(row["acc_diff"], row["diff_ci_low"], row["diff_ci_high"], signed=True)
+                     + paired_on(row, r.table),
                      f"{fmt_p(row['p_mcnemar'])} ({fmt_p(row['p_holm'])})"])
     return header, rows
 
