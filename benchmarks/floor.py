@@ -43,6 +43,7 @@ from peftlab.core import paths  # noqa: E402
 from peftlab.core.paths import RunPaths  # noqa: E402
 from peftlab.data.split import read_labels, read_split, stratified_sample  # noqa: E402
 from peftlab.evaluate.baseline import candidate  # noqa: E402
+from peftlab.evaluate.benchmark import timed as timed_call  # noqa: E402
 from peftlab.modeling.load import (  # noqa: E402
     ModelSetup,
     choose_device,
@@ -253,12 +254,9 @@ def training_work(ds, head: str, causal: bool) -> Work:
 # --- the paths --------------------------------------------------------------------------------------------
 
 def timed(fn: Callable[[], object], warmup: Callable[[], object], device: torch.device) -> float:
+    """Seconds of fn after one warm-up call, clocked as the benchmark stage clocks (device work synchronised)."""
     warmup()
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
+    return timed_call(fn, device)[1]
 
 
 def training_params(params: Params, device: str) -> Params:
@@ -275,7 +273,7 @@ def train_path(params: Params, labels: list[str], steps: int, warm_steps: int, t
                name: str) -> tuple[Work, float, Arch]:
     """run_train on steps x batch seeded train rows (after a warm-up run of warm_steps steps on other rows)."""
     batch = params.train.batch_size
-    train = read_split("data/splits", "train").sample(frac=1.0, random_state=params.seed)
+    train = read_split(paths.SPLITS_DIR, "train").sample(frac=1.0, random_state=params.seed)
     timed_rows, warm_rows = train.iloc[:steps * batch], train.iloc[steps * batch:(steps + warm_steps) * batch]
     setup = model_setup(params, labels)
     seconds = 0.0
@@ -284,8 +282,8 @@ def train_path(params: Params, labels: list[str], steps: int, warm_steps: int, t
         splits = run / "splits"
         splits.mkdir(parents=True)
         rows.to_parquet(splits / "train.parquet", index=False)
-        read_split("data/splits", "val").to_parquet(splits / "val.parquet", index=False)
-        (splits / "manifest.json").write_text(Path("data/splits/manifest.json").read_text())
+        read_split(paths.SPLITS_DIR, "val").to_parquet(splits / "val.parquet", index=False)
+        (splits / "manifest.json").write_text((paths.SPLITS_DIR / "manifest.json").read_text())
         summary = run_train(params, RunPaths(splits, run / "adapter", run / "ckpt", run / "live", run / "train.json"))
         seconds = summary["train_seconds"]
         if tag == "timed":
@@ -367,8 +365,8 @@ def main() -> None:
         args.train_steps, args.gen_steps, args.encoder_rows, args.llm_rows, args.repeats = 2, 1, 32, 16, 2
         batch = 8
     warm_rows, warm_steps, min_s = (4, 1, 0.02) if args.quick else (16, 2, 0.1)
-    labels = read_labels("data/splits")
-    test = read_split("data/splits", "test")
+    labels = read_labels(paths.SPLITS_DIR)
+    test = read_split(paths.SPLITS_DIR, "test")
     encoder_texts = stratified_sample(test, args.encoder_rows, params.seed)["text"].tolist()
     llm_texts = stratified_sample(test, args.llm_rows, params.seed)["text"].tolist()
     main_run = dataclasses.replace(params, train=dataclasses.replace(params.train, batch_size=batch))
