@@ -5,6 +5,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import subprocess
 import sys
 import zipfile
@@ -100,6 +101,20 @@ def test_a_joblib_pickle_named_pkl_compress_in_a_wheel_is_refused_as_a_pickle(tm
             read_source_frame({**entry, "format": fmt})
         assert str(e.value) == ("reviews.pkl.compress is a pickle (inside its zlib layer): pickle runs code when "
                                 "read and is refused from any data source; allowed: csv, tsv, jsonl, json, parquet")
+
+
+def test_a_protocol_0_pickle_with_a_line_past_the_line_limit_is_still_found(tmp_path, monkeypatch):
+    """pandas' pyarrow strings pickle as one protocol-0 line as long as the whole column (tens of MB on a real
+    table): a line past pickles.MAX_LINE is skipped unchecked, not taken as the end of the pickle. The limit is
+    lowered here so a small table has such a line."""
+    from peftlab.data import pickles
+
+    monkeypatch.setattr(pickles, "MAX_LINE", 64)
+    path = tmp_path / "reviews.csv"
+    path.write_bytes(pickle.dumps(pd.DataFrame({"text": ["a fine film " * 20] * 50}), protocol=0))
+    assert pickles.pickle_layer(path) == ""
+    path.write_text("text,label\n" + "a fine film " * 20 + ",1\n")      # a long CSV line is still a CSV
+    assert pickles.pickle_layer(path) is None
 
 
 def test_an_unknown_table_name_says_so_without_printing_none(tmp_path):

@@ -22,6 +22,8 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+import zstandard
+
 from peftlab.core.errors import PeftlabError
 
 OPCODES = {op.code.encode("latin-1"): op for op in pickletools.opcodes}
@@ -32,6 +34,9 @@ LENGTH_BYTES = {pickletools.TAKEN_FROM_ARGUMENT1: 1, pickletools.TAKEN_FROM_ARGU
                 pickletools.TAKEN_FROM_ARGUMENT4U: 4, pickletools.TAKEN_FROM_ARGUMENT8U: 8}
 MAX_LINE = 1 << 24      # a protocol-0 line (a string, a global's name): 16 MiB is far past any real one
 CHUNK = 1 << 20
+# what a decompressor raises on bytes that only looked like its format
+NOT_THIS_LAYER = (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error, zipfile.BadZipFile, RuntimeError,
+                  zstandard.ZstdError)
 ZIP_MEMBERS = 64        # members looked at inside one zip (pandas reads a one-member zip)
 
 
@@ -65,12 +70,17 @@ def _walk(f: BinaryIO) -> bool:
                 if op.name == "PROTO" and not proto:
                     proto = 2 <= data[0] <= 5
             elif arg.n == pickletools.UP_TO_NEWLINE:
-                lines = 2 if op.name in ("GLOBAL", "INST") else 1
-                text = b"".join(f.readline(MAX_LINE) for _ in range(lines))
-                if text.count(b"\n") != lines:
-                    return False
+                text, checked = b"", True
+                for _ in range(2 if op.name in ("GLOBAL", "INST") else 1):
+                    line = f.readline(MAX_LINE)
+                    while line and not line.endswith(b"\n"):   # past MAX_LINE (a pyarrow buffer as one protocol-0
+                        checked, line = False, f.readline(CHUNK)  # string): skip to its end unchecked
+                    if not line:
+                        return False
+                    text += line
                 try:
-                    arg.reader(io.BytesIO(text))   # e.g. INT wants a decimal, STRING a quoted literal
+                    if checked:
+                        arg.reader(io.BytesIO(text))   # e.g. INT wants a decimal, STRING a quoted literal
                 except (ValueError, UnicodeDecodeError, OverflowError):
                     return False
             else:                           # a length prefix, then that many bytes
@@ -93,12 +103,10 @@ class _Zlib(io.RawIOBase):
 
     def readinto(self, b) -> int:
         while not self._buf and not self._d.eof:
-            raw = self._f.read(CHUNK)
+            raw = self._d.unconsumed_tail or self._f.read(CHUNK)   # input left over by the last call comes first
             if not raw:
                 break
             self._buf = self._d.decompress(raw, CHUNK)
-            while self._d.unconsumed_tail and len(self._buf) < CHUNK:
-                self._buf += self._d.decompress(self._d.unconsumed_tail, CHUNK)
         n = min(len(b), len(self._buf))
         b[:n], self._buf = self._buf[:n], self._buf[n:]
         return n
@@ -114,7 +122,6 @@ def _is_zlib(head: bytes) -> bool:
 
 
 def _zstd(path: Path) -> BinaryIO:
-    import zstandard
     return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
 
 
@@ -122,7 +129,7 @@ def _views(path: Path) -> Iterator[tuple[str, Callable[[], BinaryIO]]]:
     """(layer name, opener) for the raw bytes and for each decompression the content's magic bytes call for."""
     with open(path, "rb") as f:
         head = f.read(8)
-    yield "", lambda: io.BufferedReader(open(path, "rb", buffering=0))
+    yield "", lambda: open(path, "rb")
     if head[:2] == b"\x1f\x8b":
         yield "gzip", lambda: gzip.open(path, "rb")
     if head[:3] == b"BZh":
@@ -152,11 +159,8 @@ def pickle_layer(path: Path) -> str | None:
             with opener() as f:
                 if _walk(f):
                     return layer
-        except (OSError, EOFError, ValueError, lzma.LZMAError, zlib.error, zipfile.BadZipFile, RuntimeError):
+        except NOT_THIS_LAYER:
             continue    # not this compression after all (e.g. a CSV that begins "x^" looks like a zlib header)
-        except Exception as e:  # zstandard raises its own ZstdError
-            if type(e).__name__ != "ZstdError":
-                raise
     return None
 
 
