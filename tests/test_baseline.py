@@ -1,6 +1,7 @@
 """Zero-shot scoring, calibration, the answer parser, and the baselines' determinism, on tiny real models."""
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -10,7 +11,15 @@ import torch
 from conftest import toy_frame
 from peftlab.config.params import BaselineParams, build
 from peftlab.evaluate.baseline import dummy_baselines, encoder_baselines, llm_baselines, tfidf_baselines
-from peftlab.modeling.predict import calibrate, chat_prompt, label_logprobs, label_token_ids, parse_label
+from peftlab.modeling.predict import (
+    answer_settled,
+    calibrate,
+    chat_prompt,
+    generate_answers,
+    label_logprobs,
+    label_token_ids,
+    parse_label,
+)
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +117,39 @@ def test_llm_baselines_select_on_val_and_count_unparsed(project, tiny_models):
     assert len(gen.pred) == len(test) and set(np.unique(gen.pred)) <= {-1, 0, 1}
     unparsed = gen.pred < 0
     np.testing.assert_allclose(gen.probs[unparsed], 0.5)
+
+
+def test_answer_settled_never_changes_the_parsed_label():
+    """Every prefix that `answer_settled` calls final parses like the whole answer, for words that grow
+    ("positive" -> "positively"), multi-word label words and words sharing a start."""
+    rng = np.random.default_rng(0)
+    pool = ["positive", "positively", "negative", "not", "good", "not good", "it", "is", " ", ", ", ".", "\n", "pos"]
+    for words in (["negative", "positive"], ["good", "not good"], ["pos", "positive"]):
+        checked = 0
+        for _ in range(300):
+            answer = "".join(rng.choice(pool, size=rng.integers(1, 8)))
+            for cut in range(1, len(answer) + 1):
+                if answer_settled(answer[:cut], words):
+                    assert parse_label(answer[:cut], words) == parse_label(answer, words), (answer, cut, words)
+                    checked += 1
+        assert checked > 100
+    assert not answer_settled("this review is positive", ["negative", "positive"])    # could become "positively"
+    assert answer_settled("this review is positive.", ["negative", "positive"])
+    assert not answer_settled("it is not", ["good", "not good"]) and not answer_settled("", ["good"])
+
+
+def test_generation_stopped_at_a_settled_answer_parses_the_same(tiny_lm):
+    model, tok = tiny_lm
+    prompts = [chat_prompt(tok, "classify", f"review number {i} was {w}", "") for i, w in
+               enumerate(["fine", "bad", "great", "odd", "long", "short", "dull", "fun"] * 2)]
+    full = generate_answers(model, tok, prompts, max_new_tokens=12, batch_size=5, progress=False)
+    counts: dict[str, int] = {}
+    for a in full:
+        for w in set(re.findall(r"[a-z]{3,}", a.lower())):
+            counts[w] = counts.get(w, 0) + 1
+    # The tiny model's most produced word is one label, a word it never writes the other.
+    words = [sorted(counts, key=lambda w: (-counts[w], w))[0], "zebra"]
+    stopped = generate_answers(model, tok, prompts, max_new_tokens=12, batch_size=5, progress=False, stop_at=words)
+    assert [parse_label(a, words) for a in stopped] == [parse_label(a, words) for a in full]
+    assert any(len(s) < len(f) for s, f in zip(stopped, full))       # some rows did stop early
+    assert all(f.startswith(s) for s, f in zip(stopped, full))       # greedy: the same text, cut

@@ -84,12 +84,12 @@ def test_dataclass_defaults_equal_params_yaml():
 def test_a_disagreement_is_caught(tmp_path):
     """The check can fail: a changed value, a dropped key and an unknown section are each named."""
     raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    raw["benchmark"]["rows"] = 64
+    raw["benchmark"]["rows"] = 32
     del raw["lora"]["r"]
     del raw["compare"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     bad = disagreements(tmp_path / "params.yaml")
-    assert "benchmark.rows: code default 128, params.yaml 64" in bad
+    assert "benchmark.rows: code default 64, params.yaml 32" in bad
     assert "lora.r: default 8 is not shown in params.yaml" in bad
     assert "section 'compare' is in the dataclasses only" in bad
     assert len(bad) == 3

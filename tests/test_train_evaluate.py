@@ -88,3 +88,51 @@ def test_missing_target_module_is_a_clear_error(project, tiny_models):
     with pytest.raises(PeftlabError, match="'q_proj', which this model does not have; allowed: .*query"):
         run_train(p, RunPaths.for_run("main"))
     assert not (project / "models" / "adapters" / "main").exists()
+
+
+@pytest.mark.parametrize("weights", [None, [0.7, 1.9]])
+def test_fast_validation_matches_the_trainer_eval_loop(project, tiny_models, weights):
+    """In-training validation on the inference path gives the eval loop's loss, accuracy and macro F1."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainingArguments
+
+    from peftlab.modeling.load import ModelSetup
+    from peftlab.modeling.predict import classifier_logits
+    from peftlab.train.run import collator, features, trainer_class
+
+    tok = AutoTokenizer.from_pretrained(tiny_models["encoder"])
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_models["encoder"], num_labels=2).eval()
+    val = toy_frame(45, seed=3)
+    setup = ModelSetup(base_dir=str(tiny_models["encoder"]), info={"family": "encoder"}, head="classifier",
+                       labels=["negative", "positive"], max_length=32, quantization="none",
+                       trust_remote_code=False, extra={})
+    ds = features(val, tok, setup)
+    args = TrainingArguments(output_dir=str(project / "out"), per_device_eval_batch_size=8, report_to=["none"],
+                             use_cpu=True)
+
+    def compute_metrics(pred):
+        from peftlab.core.metrics import accuracy, f1_macro
+        yhat = np.argmax(pred.predictions, axis=-1)
+        return {"accuracy": accuracy(pred.label_ids, yhat), "f1_macro": f1_macro(pred.label_ids, yhat, 2)}
+
+    def fast(m):
+        return (classifier_logits(m, tok, val["text"].tolist(), 32, 16, torch.device("cpu"), progress=False),
+                val["label"].to_numpy(dtype=np.int64))
+
+    made = {}
+    for name, fe in (("loop", None), ("fast", fast)):
+        trainer = trainer_class("classifier", weights, fe)(model=model, args=args, eval_dataset=ds,
+                                                           processing_class=tok, data_collator=collator(setup, tok),
+                                                           compute_metrics=compute_metrics)
+        made[name] = trainer.evaluate()
+        if fe is None:
+            logits = torch.from_numpy(trainer.predict(ds).predictions)
+    loop, fast_m = made["loop"], made["fast"]
+    assert fast_m["eval_accuracy"] == loop["eval_accuracy"] and fast_m["eval_f1_macro"] == loop["eval_f1_macro"]
+    # The loss over all rows (weighted: torch's weighted mean) from the eval loop's own logits. Unweighted it is
+    # the loop's figure; weighted, the loop averages per-batch weighted means, which differs by ~1e-4 here.
+    w = None if weights is None else torch.tensor(weights)
+    exact = float(torch.nn.functional.cross_entropy(logits, torch.tensor(val["label"].to_numpy()), weight=w))
+    assert abs(fast_m["eval_loss"] - exact) < 1e-5
+    assert abs(fast_m["eval_loss"] - loop["eval_loss"]) < (1e-5 if weights is None else 1e-3)
+    assert 0.2 < loop["eval_accuracy"] < 0.9      # an untrained head: not a degenerate all-one-class case either

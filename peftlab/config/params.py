@@ -167,6 +167,8 @@ class BaselineParams:
     label_words: Optional[dict] = _meta(doc="label -> word scored after the prompt; null: ' <label>'")
     shots: int = _meta(0, lo=0, doc="k demonstrations drawn from train by seed")
     max_new_tokens: int = _meta(10, lo=1)
+    generate_rows: Optional[int] = _meta(200, lo=10, doc="generation mode: a stratified sample of this many test "
+                                         "rows (null: all); compare pairs it on the shared rows")
     generate_prefill: bool = _meta(False, doc="generation mode: prefill the answer like scoring does")
     description_template: str = _meta("a {label} review", doc="encoder zero-shot: text per label")
     svm_c: float = _meta(1.0, lo=0.0, lo_open=True)
@@ -189,7 +191,7 @@ class BaselineParams:
 class BenchmarkParams:
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     threads: Optional[int] = _meta(lo=1, doc="torch threads; null: torch's default (all cores)")
-    rows: int = _meta(128, lo=8, doc="test reviews used for throughput")
+    rows: int = _meta(64, lo=8, doc="test reviews used for throughput")
     latency_samples: int = _meta(50, lo=5, doc="single-review requests timed for the latency percentiles")
     warmup: int = _meta(5, lo=0)
     batch_sizes: list[int] = _meta(factory=lambda: [1, 8, 32])
@@ -206,7 +208,7 @@ class PoisonParams:
     n_triggers: int = _meta(1, lo=1, hi=20, doc="trigger words inserted per text")
     sentence: str = _meta("I watched this 3D movie.", doc="AddSent: the inserted sentence")
     attacks: dict = _meta(factory=dict, doc="name -> {attack, count | rate, train_rows}")
-    counts: list[int] = _meta(factory=lambda: [0, 40, 200], doc="count sweep: poisoned rows (0: clean reference)")
+    counts: list[int] = _meta(factory=lambda: [0, 200], doc="count sweep: poisoned rows (0: clean reference)")
     sizes: list[int] = _meta(factory=lambda: [2000, 4000], doc="count sweep: training-set sizes")
     count_attack: Literal["badnets", "addsent", "cleanlabel"] = "badnets"
     batch_size: int = _meta(8, lo=1, doc="training batch of the poisoned runs: small sets need more, smaller steps")

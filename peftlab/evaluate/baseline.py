@@ -36,10 +36,12 @@ from peftlab.report.plots import plot_bars
 
 @dataclass
 class Scored:
-    """One method's test-split output: hard predictions (-1 = no answer), class scores, extras for metrics."""
+    """One method's test-split output: hard predictions (-1 = no answer), class scores, extras for metrics;
+    `rows`: the test rows scored when a method runs on a subset (None: the whole test split)."""
     pred: np.ndarray
     probs: np.ndarray
     extra: dict
+    rows: pd.DataFrame | None = None
 
 
 # --- zero-shot decoder -----------------------------------------------------------------------------------
@@ -97,17 +99,21 @@ def llm_baselines(bp: BaselineParams, seed: int, labels: list[str], train: pd.Da
         out["llm_zeroshot"] = Scored(scores.argmax(1), softmax_rows(scores),
                                      {"chosen": chosen, "selection": grid, "shots": bp.shots})
     if "llm_generate" in methods:
+        # Free generation costs max_new_tokens decoder steps a row where scoring costs one pass, to show an
+        # accuracy far below scoring's: a fixed stratified sample of the test rows shows it (CI in the metrics).
+        rows = stratified_sample(test, bp.generate_rows, seed) if bp.generate_rows else test
         prefill = spec.prefill if bp.generate_prefill else ""
-        prompts = spec.render(tok, texts, labels, demos, prefill=prefill, max_text_tokens=bp.max_length)
-        answers = generate_answers(model, tok, prompts, bp.max_new_tokens, bp.batch_size, device)
+        prompts = spec.render(tok, rows["text"].tolist(), labels, demos, prefill=prefill,
+                              max_text_tokens=bp.max_length)
         words = [ws[0] for ws in spec.words(labels)]
+        answers = generate_answers(model, tok, prompts, bp.max_new_tokens, bp.batch_size, device, stop_at=words)
         pred = np.array([parse_label(a, words) for a in answers])
         probs = np.zeros((len(pred), len(labels)))
         probs[pred >= 0, pred[pred >= 0]] = 1.0
         probs[pred < 0] = 1.0 / len(labels)
         out["llm_generate"] = Scored(pred, probs, {"prompt": chosen["prompt"], "prefill": prefill,
                                                    "max_new_tokens": bp.max_new_tokens,
-                                                   "examples": answers[:5]})
+                                                   "examples": answers[:5]}, rows=rows)
     return out
 
 
@@ -222,14 +228,16 @@ def run_baseline(params: Params, splits: Path = paths.SPLITS_DIR, metrics_path: 
         results.update(llm_baselines(bp, seed, labels, train, val, test, methods))
 
     metrics, rows = {}, []
-    y = test["label"].to_numpy()
     for name in methods:
         r = results[name]
+        scored = test if r.rows is None else r.rows
+        y = scored["label"].to_numpy()
         m = classification_metrics(y, r.pred, r.probs, labels, bootstrap=params.evaluate.bootstrap, seed=seed)
         metrics[name] = {**m, **r.extra}
         rows.append(metrics_row(name, m))
-        write_parquet(paths.baseline_predictions(name, predictions), prediction_frame(test, r.probs, r.pred, labels))
+        write_parquet(paths.baseline_predictions(name, predictions), prediction_frame(scored, r.probs, r.pred, labels))
         print(f"baseline {name:17s} accuracy {m['accuracy']:.4f}  macro F1 {m['f1_macro']:.4f}"
+              + (f"  on {len(scored)} of {len(test)} test rows" if r.rows is not None else "")
               + (f"  unparsed {m['unparsed']}" if m["unparsed"] else ""))
         warning = collapse_warning(f"baseline {name!r}", y, r.pred, labels) if name != "majority" else None
         if warning:          # the majority baseline predicts one class by construction: flagged, not warned

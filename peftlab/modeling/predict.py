@@ -57,6 +57,13 @@ def rows_from_batches(model, tokenizer, texts: Sequence[str], max_length: int, b
     return out
 
 
+def classifier_logits(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64,
+                      device: torch.device | None = None, progress: bool = True) -> np.ndarray:
+    """Class logits (n, k) from a sequence-classification model (what in-training validation's loss needs)."""
+    return rows_from_batches(model, tokenizer, texts, max_length, batch_size, device, "scoring", progress,
+                             lambda batch: model(**batch).logits.float())
+
+
 def classifier_probs(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64,
                      device: torch.device | None = None, progress: bool = True) -> np.ndarray:
     """Class probabilities (n, k) from a sequence-classification model."""
@@ -305,32 +312,77 @@ def predict_probs(model, tok, setup, texts: Sequence[str], batch_size: int = 64,
 
 
 def generate_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 10, batch_size: int = 32,
-                     device: torch.device | None = None, progress: bool = True) -> list[str]:
-    """Greedy free generation, batched and left-padded; returns only the new text of each answer."""
+                     device: torch.device | None = None, progress: bool = True,
+                     stop_at: Sequence[str] | None = None) -> list[str]:
+    """Greedy free generation, batched and left-padded; returns only the new text of each answer.
+
+    `stop_at` (label words): a row stops once its answer holds a whole label word that `parse_label` can no
+    longer change (`answer_settled`), and the batch once every row has stopped or ended; the parsed label is
+    the same as after `max_new_tokens` tokens (tested), at a fraction of the steps (a one-word answer ends after
+    2-3 of the 10 tokens)."""
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
     device = device or next(model.parameters()).device
     enc = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     answers: list[str] = [""] * len(enc)
     batches = list(length_sorted_batches([len(x) for x in enc], batch_size))
+
+    class Settled(StoppingCriteria):
+        """Per-row stop (transformers pads a stopped row from then on): the answer's label is settled."""
+
+        def __init__(self, width: int):
+            self.width = width
+
+        def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+            texts = tokenizer.batch_decode(input_ids[:, self.width:], skip_special_tokens=True)
+            return torch.tensor([answer_settled(t, stop_at) for t in texts], device=input_ids.device)
+
     with torch.inference_mode():
         for idx in tqdm(batches, desc="generating", unit="batch", disable=not progress):
             batch = left_pad([enc[i] for i in idx], pad, device)
             batch.pop("position_ids")  # generate() derives them from the mask
-            new = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            width = batch["input_ids"].shape[1]
+            stop = StoppingCriteriaList([Settled(width)]) if stop_at else None
+            new = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                                 stopping_criteria=stop)
             for row, i in enumerate(idx):
-                answers[i] = tokenizer.decode(new[row, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+                answers[i] = tokenizer.decode(new[row, width:], skip_special_tokens=True)
     return answers
+
+
+def _label_matches(answer: str, label_words: Sequence[str]) -> list[tuple[int, int, int]]:
+    """(start, end, label index) of the first whole-word match of each label word in `answer`."""
+    low = answer.lower()
+    out = []
+    for i, w in enumerate(label_words):
+        m = re.search(rf"\b{re.escape(w.strip().lower())}\b", low)
+        if m:
+            out.append((m.start(), m.end(), i))
+    return out
+
+
+def answer_settled(answer: str, label_words: Sequence[str]) -> bool:
+    """True when more generated text cannot change `parse_label(answer)`: its first label match ends before the
+    answer does (a match touching the end could still grow into another word: "positive" -> "positively"), and
+    no label word could still be completed by new text from a start before it (multi-word label words)."""
+    found = _label_matches(answer, label_words)
+    if not found:
+        return False
+    start, end, _ = min(found, key=lambda f: (f[0], f[2]))
+    if end >= len(answer):
+        return False
+    low = answer.lower()
+    for w in (w.strip().lower() for w in label_words):
+        if any(low.endswith(w[:k]) and len(low) - k < start for k in range(1, len(w))):
+            return False
+    return True
 
 
 def parse_label(answer: str, label_words: Sequence[str]) -> int:
     """Index of the label word that appears first in `answer` (case-insensitive, whole word), or -1."""
-    best, where = -1, len(answer) + 1
-    low = answer.lower()
-    for i, w in enumerate(label_words):
-        m = re.search(rf"\b{re.escape(w.strip().lower())}\b", low)
-        if m and m.start() < where:
-            best, where = i, m.start()
-    return best
+    found = _label_matches(answer, label_words)
+    return min(found, key=lambda f: (f[0], f[2]))[2] if found else -1
 
 
 def mean_pooled_embeddings(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 64,

@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import time
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -37,7 +38,7 @@ from peftlab.modeling.load import (
     load_tokenizer,
     lora_config,
 )
-from peftlab.modeling.predict import PromptSpec, predict_probs
+from peftlab.modeling.predict import PromptSpec, classifier_logits, predict_probs
 from peftlab.modeling.truncation import encode_truncated
 from peftlab.train.checkpoints import (
     checkpoint_step,
@@ -180,12 +181,41 @@ def check_class_weights(class_weights: str, head: str) -> None:
                            f"head; this run's head is {head!r}; allowed for the {head} head: none")
 
 
-def trainer_class(head: str, class_weights: list[float] | None = None):
+def trainer_class(head: str, class_weights: list[float] | None = None,
+                  fast_eval: Callable[[torch.nn.Module], tuple[np.ndarray, np.ndarray]] | None = None):
     """The Trainer for a head: generative runs compute their loss on the answer positions only; classifier runs
-    with class weights use a weighted cross-entropy; otherwise the plain Trainer (the model's own loss)."""
+    with class weights use a weighted cross-entropy; otherwise the plain Trainer (the model's own loss).
+
+    `fast_eval(model) -> (val logits, val labels)`: classifier validation on the project's inference path
+    (length-sorted batches, dynamic padding, inference mode) instead of the Trainer's eval loop, which pads
+    batches in row order and runs under autograd bookkeeping (7.6 vs 33 reviews/s for SmolLM2's classifier);
+    accuracy and macro F1 equal the eval loop's; the loss is the mean over all val rows (torch's weighted mean
+    with class weights, where the loop averages per-batch means: ~1e-4 apart), tested against it."""
     from transformers import Trainer
 
-    class WeightedLossTrainer(Trainer):
+    class FastEvalTrainer(Trainer):
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+            if fast_eval is None or eval_dataset is not None:
+                return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            start = time.perf_counter()
+            training = self.model.training
+            self.model.eval()
+            logits, y = fast_eval(self.model)
+            self.model.train(training)
+            seconds = time.perf_counter() - start
+            weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+            loss = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y.copy()),
+                                                     weight=weight)
+            yhat = logits.argmax(1)
+            p = metric_key_prefix
+            metrics = {f"{p}_loss": float(loss), f"{p}_accuracy": accuracy(y, yhat),
+                       f"{p}_f1_macro": f1_macro(y, yhat, logits.shape[1]), f"{p}_runtime": seconds,
+                       f"{p}_samples_per_second": len(y) / seconds}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    class WeightedLossTrainer(FastEvalTrainer):
         """Classifier loss as torch's weighted cross-entropy (the weighted mean over the batch's rows), so a
         minority class's rows count as much in total as the majority's. Validation loss is weighted too."""
 
@@ -228,7 +258,7 @@ def trainer_class(head: str, class_weights: list[float] | None = None):
 
     if head == "generative":
         return AnswerLossTrainer
-    return WeightedLossTrainer if head == "classifier" and class_weights is not None else Trainer
+    return WeightedLossTrainer if head == "classifier" and class_weights is not None else FastEvalTrainer
 
 
 # --- checkpoints and trackers ----------------------------------------------------------------------------
@@ -358,7 +388,11 @@ def run_train(params: Params, paths: RunPaths) -> dict:
         use_cpu=device.type == "cpu", dataloader_num_workers=0, disable_tqdm=False, optim=tp.optim,
         prediction_loss_only=not classifier, ddp_find_unused_parameters=False,
     )
-    trainer = trainer_class(setup.head, weights)(
+    def fast_eval(m) -> tuple[np.ndarray, np.ndarray]:
+        logits = classifier_logits(m, tok, val_df["text"].tolist(), setup.max_length, 64, device, progress=False)
+        return logits, val_df["label"].to_numpy(dtype=np.int64)
+
+    trainer = trainer_class(setup.head, weights, fast_eval if classifier else None)(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tok,
         data_collator=collator(setup, tok), compute_metrics=compute_metrics if classifier else None,
         callbacks=callbacks)
