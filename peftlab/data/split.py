@@ -27,13 +27,9 @@ from peftlab.config.params import Params
 from peftlab.core.errors import PeftlabError
 from peftlab.core.io import atomic_path, read_json, write_json
 from peftlab.core.paths import SPLITS
-from peftlab.data.clean import CONTROL_CHARS, normalize_for_dedupe, unit_intervals
+from peftlab.data.clean import clean_text, normalize_for_dedupe, unit_intervals
 from peftlab.data.engine import connect, sql_str
 
-# Python's whitespace (str.isspace, what `\s` and str.split use) as an RE2 class; RE2's own \s is ASCII only.
-# The control characters among them are removed before whitespace is collapsed, as in clean_text.
-_WS_CLASS = "[" + "".join(f"\\x{{{ord(c):04x}}}" for c in map(chr, range(0x110000))
-                          if c.isspace() and not CONTROL_CHARS.match(c)) + "]"
 _CTRL_CLASS = "[\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f]"
 _TAG = "<[^>]{0,200}>"
 CONTRACT_ORDER = ("id", "text", "label", "label_text", "group", "category", "rating")
@@ -49,9 +45,14 @@ def _py_norm(texts: pa.Array) -> pa.Array:
     return pa.array([normalize_for_dedupe(t) for t in texts.to_pylist()], type=pa.string())
 
 
+def _py_clean(texts: pa.Array) -> pa.Array:
+    """clean_text for non-ASCII rows: RE2's class of Unicode whitespace ran at ~20 us a row, Python's re at ~2."""
+    return pa.array([clean_text(t) for t in texts.to_pylist()], type=pa.string())
+
+
 def _py_unit(seed: int) -> Callable[[pa.Array], pa.Array]:
-    # blake2b in Python over the kept rows (DuckDB has no blake2b): measured at ~1 us a row, a small share of the
-    # stage, and it keeps the committed default split's membership (another hash would reshuffle it).
+    # blake2b in Python over the kept rows (DuckDB has no blake2b): about 1 us a row, a small share of the stage,
+    # and it keeps the committed default split's membership (a hash DuckDB computes would reshuffle it).
     return lambda ids: pa.array(unit_intervals(seed, ids.to_pylist()), type=pa.float64())
 
 
@@ -60,14 +61,15 @@ def _register(con, seed: int) -> None:
 
     varchar, double = duckdb.sqltype("VARCHAR"), duckdb.sqltype("DOUBLE")
     con.create_function("py_norm", _py_norm, [varchar], varchar, type="arrow", side_effects=False)
+    con.create_function("py_clean", _py_clean, [varchar], varchar, type="arrow", side_effects=False)
     con.create_function("py_unit", _py_unit(seed), [varchar], double, type="arrow", side_effects=False)
 
 
 def _clean_sql(col: str) -> str:
-    """clean_text in SQL; the regexps run only on rows that have something to clean."""
-    full = f"trim(regexp_replace(regexp_replace({col}, '{_CTRL_CLASS}', '', 'g'), '{_WS_CLASS}+', ' ', 'g'))"
-    needs = f"regexp_matches({col}, '{_CTRL_CLASS}|{_WS_CLASS.replace(' ', '')}|  |^ | $')"
-    return f"CASE WHEN {needs} THEN {full} ELSE {col} END"
+    """clean_text in SQL, on a subquery with `_wide` (non-ASCII) and `_dirty` (ASCII control, tab, newline,
+    double or edge space): ASCII rows by RE2, only those with something to clean; non-ASCII rows by Python."""
+    ascii_ = f"trim(regexp_replace(regexp_replace({col}, '{_CTRL_CLASS}', '', 'g'), '[\\t\\n\\r ]+', ' ', 'g'))"
+    return f"CASE WHEN _wide THEN py_clean({col}) WHEN _dirty THEN {ascii_} ELSE {col} END"
 
 
 def _norm_sql(col: str) -> str:
@@ -85,9 +87,11 @@ def _counts(con, sql: str) -> dict:
 
 def split_tables(con, files: list[Path], labels: list[str], val: float, test: float, seed: int, grouped: bool,
                  min_words: int, max_words: int) -> tuple[list[str], dict]:
-    """The whole split as queries on `con`: leaves table `assigned` (the source's columns, `_split`, `_key`).
+    """The whole split as queries on `con`: leaves table `cleaned` (every source column, the text cleaned) and
+    the narrow table `assigned` (`_r`: the row of `cleaned`, `_key1`/`_key2`, `_split`, id, label, group).
 
-    Returns the output columns and the counts of metrics/split.json."""
+    Only the first query reads the texts; duplicates, lengths and the assignment work on narrow rows, and the
+    texts are joined back when the splits are written. Returns the output columns and the counts."""
     _register(con, seed)
     src = f"read_parquet([{', '.join(sql_str(f) for f in files)}], union_by_name = true)"
     columns = [d[0] for d in con.execute(f"SELECT * FROM {src} LIMIT 0").description]
@@ -98,33 +102,39 @@ def split_tables(con, files: list[Path], labels: list[str], val: float, test: fl
         raise PeftlabError("split.grouped is true but the dataset has no group column; "
                            "set data.group_column (e.g. movie_name) or split.grouped: false")
     quoted = ", ".join(f'"{c}"' for c in out_cols if c != "text")
-    # 1. clean (one scan of the source); empty texts dropped
+    # 1. clean, key and count words (the one pass over the texts). The duplicate key is two 64-bit DuckDB hashes
+    # of the normalised text: used within this run only, so their version-stability does not matter.
     raw = "coalesce(text, '')"
     con.execute(f"""CREATE TEMP TABLE cleaned AS
-        SELECT {quoted}, {_clean_sql(raw)} AS text, regexp_matches({raw}, '{_CTRL_CLASS}') AS _ctl FROM {src}""")
-    counts = {"input_rows": con.execute("SELECT count(*) FROM cleaned").fetchone()[0]}
-    counts.update(_counts(con, "SELECT count(*) FILTER (_ctl AND text <> '') AS cleaned_control_chars, "
-                               "count(*) FILTER (text = '') AS dropped_empty_text FROM cleaned"))
-    # 2. duplicate key, conflicting labels, the kept row of each key: smallest (id, then every other column)
-    order = ", ".join(f'"{c}"' for c in out_cols)
-    con.execute(f"""CREATE TEMP TABLE keyed AS
-        SELECT * EXCLUDE (_ctl), md5_number({_norm_sql('text')}) AS _key,
+        SELECT *, CASE WHEN text = '' THEN NULL ELSE hash(_n) END AS _key1, hash(_n || chr(1)) AS _key2,
                length(text) - length(replace(text, ' ', '')) + 1 AS _words
-        FROM cleaned WHERE text <> ''""")
-    con.execute("DROP TABLE cleaned")
+        FROM (SELECT *, CASE WHEN text = '' THEN '' ELSE {_norm_sql('text')} END AS _n
+              FROM (SELECT {quoted}, {_clean_sql('_raw')} AS text,
+                           (_wide OR _dirty) AND regexp_matches(_raw, '{_CTRL_CLASS}') AS _ctl
+                    FROM (SELECT *, strlen(_raw) <> length(_raw) AS _wide,
+                                 regexp_matches(_raw, '[\\x00-\\x1f\\x7f]|  |^ | $') AS _dirty
+                          FROM (SELECT * EXCLUDE (text), {raw} AS _raw FROM {src}))))""")
+    con.execute("ALTER TABLE cleaned DROP COLUMN _n")
+    extra = [c for c in ("group", "category", "rating") if c in out_cols]
+    narrow = ", ".join(['id', 'label'] + [f'"{c}"' for c in extra])
+    counts = _counts(con, "SELECT count(*) AS input_rows, count(*) FILTER (_ctl AND text <> '') AS "
+                          "cleaned_control_chars, count(*) FILTER (text = '') AS dropped_empty_text FROM cleaned")
+    # 2. per key: conflicting labels, and the kept row, the smallest (id, group, category, rating)
+    tie = ", ".join(['id'] + [f'"{c}"' for c in extra] + ["rowid"])
+    con.execute(f"""CREATE TEMP TABLE keys AS
+        SELECT _key1, _key2, min(label) <> max(label) AS _conflict, count(*) AS _n,
+               arg_min(rowid, ({tie})) AS _r FROM cleaned WHERE text <> '' GROUP BY _key1, _key2""")
+    counts.update(_counts(con, "SELECT coalesce(sum(_n - 1) FILTER (NOT _conflict), 0) AS dropped_duplicates, "
+                               "coalesce(sum(_n) FILTER (_conflict), 0) AS dropped_conflicting_labels FROM keys"))
     con.execute(f"""CREATE TEMP TABLE deduped AS
-        SELECT *, min(label) OVER k <> max(label) OVER k AS _conflict,
-               row_number() OVER (k ORDER BY {order}) AS _rank
-        FROM keyed WINDOW k AS (PARTITION BY _key)""")
-    con.execute("DROP TABLE keyed")
-    counts.update(_counts(con, f"""SELECT count(*) FILTER (NOT _conflict AND _rank > 1) AS dropped_duplicates,
-        count(*) FILTER (_conflict) AS dropped_conflicting_labels,
-        count(*) FILTER (NOT _conflict AND _rank = 1 AND _words < {int(min_words)}) AS dropped_too_short,
-        count(*) FILTER (NOT _conflict AND _rank = 1 AND _words > {int(max_words)}) AS dropped_too_long
-        FROM deduped"""))
+        SELECT k._r, k._key1, k._key2, c._words, {', '.join('c.' + x for x in narrow.split(', '))}
+        FROM keys k JOIN cleaned c ON c.rowid = k._r WHERE NOT k._conflict""")
+    con.execute("DROP TABLE keys")
+    counts.update(_counts(con, f"""SELECT count(*) FILTER (_words < {int(min_words)}) AS dropped_too_short,
+        count(*) FILTER (_words > {int(max_words)}) AS dropped_too_long FROM deduped"""))
     # 3. length filter
-    con.execute(f"""CREATE TEMP TABLE kept AS SELECT * EXCLUDE (_conflict, _rank, _words) FROM deduped
-        WHERE NOT _conflict AND _rank = 1 AND _words BETWEEN {int(min_words)} AND {int(max_words)}""")
+    con.execute(f"""CREATE TEMP TABLE kept AS SELECT * EXCLUDE (_words) FROM deduped
+        WHERE _words BETWEEN {int(min_words)} AND {int(max_words)}""")
     con.execute("DROP TABLE deduped")
     n = con.execute("SELECT count(*) FROM kept").fetchone()[0]
     if n == 0:
@@ -149,9 +159,10 @@ def split_tables(con, files: list[Path], labels: list[str], val: float, test: fl
                              for c, m in per_class.items()], columns=["label", "n_test", "n_test_val"])
         con.register("cuts", cuts)
         con.execute("""CREATE TEMP TABLE assigned AS
-            WITH r AS (SELECT *, row_number() OVER (PARTITION BY label ORDER BY py_unit(id), id) AS _pos FROM kept)
-            SELECT r.* EXCLUDE (_pos), CASE WHEN _pos <= n_test THEN 'test' WHEN _pos <= n_test_val THEN 'val'
-                                            ELSE 'train' END AS _split
+            WITH u AS (SELECT *, py_unit(id) AS _u FROM kept),
+                 r AS (SELECT *, row_number() OVER (PARTITION BY label ORDER BY _u, id) AS _pos FROM u)
+            SELECT r.* EXCLUDE (_pos, _u), CASE WHEN _pos <= n_test THEN 'test' WHEN _pos <= n_test_val
+                                                THEN 'val' ELSE 'train' END AS _split
             FROM r JOIN cuts USING (label)""")
     con.execute("DROP TABLE kept")
     check_leakage(con, "assigned", grouped)
@@ -160,14 +171,15 @@ def split_tables(con, files: list[Path], labels: list[str], val: float, test: fl
 
 
 def check_leakage(con, table: str, grouped: bool = False) -> None:
-    """Fail if one normalised text (`_key`) or, for grouped splits, one group sits in two splits."""
-    row = con.execute(f"""SELECT any_value(text), min(_split), max(_split) FROM {table} GROUP BY _key
-                          HAVING count(DISTINCT _split) > 1 LIMIT 1""").fetchone()
+    """Fail if one normalised text (`_key1`, `_key2`) or, for grouped splits, one group sits in two splits."""
+    row = con.execute(f"""SELECT any_value(_r), min(_split), max(_split) FROM {table} GROUP BY _key1, _key2
+                          HAVING min(_split) <> max(_split) LIMIT 1""").fetchone()
     if row:
-        raise PeftlabError(f"leakage: the text {row[0][:60]!r} is in both {row[1]} and {row[2]}")
+        text = con.execute("SELECT text FROM cleaned WHERE rowid = ?", [row[0]]).fetchone()[0]
+        raise PeftlabError(f"leakage: the text {text[:60]!r} is in both {row[1]} and {row[2]}")
     if grouped:
         row = con.execute(f"""SELECT "group", min(_split), max(_split) FROM {table} WHERE "group" IS NOT NULL
-                              GROUP BY "group" HAVING count(DISTINCT _split) > 1 LIMIT 1""").fetchone()
+                              GROUP BY "group" HAVING min(_split) <> max(_split) LIMIT 1""").fetchone()
         if row:
             raise PeftlabError(f"leakage: group {row[0]!r} is in both {row[1]} and {row[2]}")
 
@@ -190,10 +202,11 @@ def write_splits(params: Params, files: list[Path], labels: list[str], out: Path
             if stats[name]["n"] == 0:
                 raise PeftlabError(f"the {name} split is empty ({counts['kept_rows']} rows in all); "
                                    f"raise split.{name if name != 'train' else 'val/test'} or use more data")
-        cols = ", ".join(f'"{c}"' for c in out_cols)
+        cols = ", ".join(f'c."{c}"' for c in out_cols)
         for name in SPLITS:   # sorted by id: the files do not depend on the source order
-            con.execute(f"COPY (SELECT {cols} FROM assigned WHERE _split = '{name}' ORDER BY id) "
-                        f"TO {sql_str(out / f'{name}.parquet')} (FORMAT parquet)")
+            con.execute(f"COPY (SELECT {cols} FROM assigned a JOIN cleaned c ON c.rowid = a._r "
+                        f"WHERE a._split = '{name}' ORDER BY c.id) TO {sql_str(out / f'{name}.parquet')} "
+                        f"(FORMAT parquet)")
     return stats
 
 
