@@ -33,13 +33,13 @@ def read_out(out: Path) -> tuple[pd.DataFrame, dict]:
     return pd.concat([pd.read_parquet(out / s) for s in manifest["shards"]], ignore_index=True), manifest
 
 
-def test_first_n_per_category_keeps_source_order_and_writes_several_shards(tmp_path):
+def test_first_n_per_category_keeps_source_order(tmp_path):
     src = reviews(3000, ["a", "b", "c"])
     src.to_parquet(tmp_path / "src.parquet", row_group_size=100)
     manifest = fetch_streaming(entry(tmp_path / "src.parquet", per_category=200), 0, None, tmp_path / "out",
                                batch_rows=128, shard_rows=250)
     df, on_disk = read_out(tmp_path / "out")
-    assert manifest == on_disk and len(manifest["shards"]) == 3          # 600 rows in shards of 250
+    assert manifest == on_disk and manifest["shards"] == ["data-00000.parquet"]   # DuckDB: a file per config
     assert manifest["category_counts"] == {"a": 200, "b": 200, "c": 200}
     mapped = src[src["stars"] != 3]
     for c in "abc":
@@ -162,6 +162,7 @@ def test_duckdb_scan_of_a_hub_layout_folder_matches_the_datasets_path(tmp_path, 
     e.update(configs=["cfg_a", "cfg_b", "cfg_c"], config_prefix="cfg_", split="full", per_category=150,
              sample=sample)
     scanned = fetch_streaming(e, 7, None, tmp_path / "scan")
+    assert scanned["shards"] == ["data-00000.parquet", "data-00001.parquet", "data-00002.parquet"]
     batched = fetch_streaming({**e, "source": f"hf:{folder}"}, 7, None, tmp_path / "batch", batch_rows=64)
     a, b = read_out(tmp_path / "scan")[0], read_out(tmp_path / "batch")[0]
     assert "DuckDB" not in json.dumps(batched) and scanned["category_counts"] == {"a": 150, "b": 150, "c": 150}

@@ -17,6 +17,7 @@ by a category column of a jsonl file) keep the batch path.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import string
 import time
@@ -38,7 +39,9 @@ SCAN_FORMATS = ("parquet", "jsonl")
 MAX_LABEL_VALUES = 10_000
 
 
+@functools.lru_cache(maxsize=8)
 def _hub_configs(root: Path) -> list[dict]:
+    """README.md's `configs:` (parsed once per folder: a corpus has dozens)."""
     readme = root / "README.md"
     if not readme.is_file():
         return []
@@ -237,8 +240,9 @@ class _Query:
     def where(self) -> str:
         return f"{self.kept_by_drops} AND _label IS NOT NULL AND _text IS NOT NULL"
 
-    def select(self, seed: int, source: str) -> str:
-        """Rows before the cap: the contract columns (text, label, label_text, ...), the bucket and _u."""
+    def select(self, seed: int, source: str, with_u: bool = True) -> str:
+        """Rows before the cap: the contract columns (text, label, label_text, ...), the bucket, the sample key
+        `_u` (with_u) and the source position (_file, file_row_number)."""
         names = "CASE _label " + " ".join(f"WHEN {i} THEN {sql_str(n)}" for i, n in enumerate(self.labels)) + " END"
         cols = ["_text AS text", "_label AS label", f"{names} AS label_text"]
         if self.extra["group"]:
@@ -247,9 +251,10 @@ class _Query:
             cols.append(f"{self.category} AS category")
         if self.extra["rating"]:
             cols.append(f"TRY_CAST({_q(self.extra['rating'])} AS DOUBLE) AS rating")
-        return (f"SELECT {', '.join(cols)}, {self.category or sql_str('all')} AS _b, "
-                f"md5_number(concat_ws(chr(0), {sql_str(seed)}, 'sample', {sql_str(source)}, _text)) AS _u, "
-                f"_file, file_row_number FROM (SELECT *, {self.text} AS _text, {self.label} AS _label FROM {self.src}) "
+        u = (f"md5_number(concat_ws(chr(0), {sql_str(seed)}, 'sample', {sql_str(source)}, _text)) AS _u, "
+             if with_u else "")
+        return (f"SELECT {', '.join(cols)}, {self.category or sql_str('all')} AS _b, {u}_file, file_row_number "
+                f"FROM (SELECT *, {self.text} AS _text, {self.label} AS _label FROM {self.src}) "
                 f"WHERE {self.where()}")
 
     def count_sql(self) -> str:
@@ -283,47 +288,61 @@ def fetch_scan(entry: dict, parts: list, seed: int, max_samples: int | None, out
                             ["VARCHAR"], "VARCHAR", type="arrow", side_effects=False)
         queries = [_Query(con, entry, cat, files, fmt, labels) for cat, files, fmt in parts]
         counts: dict[str, int] = {}
-        for q in queries:
-            cur = con.execute(q.count_sql())
-            for d, v in zip(cur.description, cur.fetchone()):
-                counts[d[0]] = counts.get(d[0], 0) + int(v or 0)
+        for group in (queries[i:i + 64] for i in range(0, len(queries), 64)):   # one scan for many configs
+            cur = con.execute(" UNION ALL BY NAME ".join(q.count_sql() for q in group))
+            for row in cur.fetchall():
+                for d, v in zip(cur.description, row):
+                    counts[d[0]] = counts.get(d[0], 0) + int(v or 0)
         present = _present(queries)
         # to_contract's column order; a category from the config comes last, as the batch path appends it
         last = ["category"] if parts[0][0] is not None else []
         cols = ", ".join(["text", "label", "label_text"] + [f'"{c}"' for c in ("group", "category", "rating")
                                                              if c in present and c not in last] + last)
-        if reservoir:
-            body = " UNION ALL ".join(f"SELECT *, {i} AS _part FROM ({q.select(seed, entry['source'])})"
-                                      for i, q in enumerate(queries))
-            picked = (f"SELECT * FROM ({body}) QUALIFY row_number() OVER (PARTITION BY _b ORDER BY _u, text) "
-                      f"<= {int(bucket_cap)}")
-            if overall:
-                picked = f"SELECT * FROM ({picked}) QUALIFY row_number() OVER (ORDER BY _u, text) <= {int(overall)}"
-            order = "_b, _u, text"
+        shards: list[str] = []
+
+        def write(rows_sql: str, order: str | None) -> int:
+            name = f"data-{len(shards):05d}.parquet"
+            n = con.execute(f"COPY (SELECT py_id(text) AS id, {cols} FROM ({rows_sql})"
+                            f"{' ORDER BY ' + order if order else ''}) TO {sql_str(tmp / name)} "
+                            f"(FORMAT parquet)").fetchone()[0]
+            if n:
+                shards.append(name)
+            else:
+                (tmp / name).unlink(missing_ok=True)
+            return int(n)
+
+        jsonl = any(fmt == "jsonl" for _, _, fmt in parts)
+        src = entry["source"]
+        if not reservoir and (not cap or all(q.one_bucket for q in queries)):
+            # first N of each config (per_category) and of all (max_samples): LIMIT in source order stops the scan
+            con.execute("SET preserve_insertion_order = true")
+            remaining = max_samples
+            for q in queries:
+                limit = min(x for x in (cap, remaining) if x is not None) if (cap or remaining) else None
+                n = write(q.select(seed, src, with_u=False) + (f" LIMIT {int(limit)}" if limit else ""), None)
+                if remaining is not None:
+                    remaining -= n
+                    if remaining <= 0:
+                        break
         else:
-            con.execute("SET preserve_insertion_order = true")   # `first` means first in source order
-            subs = []
-            for i, q in enumerate(queries):
-                sel = f"SELECT *, {i} AS _part FROM ({q.select(seed, entry['source'])})"
-                if bucket_cap and q.one_bucket:
-                    sel += f" LIMIT {int(bucket_cap)}"     # one bucket in this part: stop reading at the cap
-                elif bucket_cap:
-                    sel = (f"SELECT * FROM ({sel}) QUALIFY row_number() OVER (PARTITION BY _b ORDER BY "
-                           f"_file, file_row_number) <= {int(bucket_cap)}")
-                subs.append(f"({sel})")
-            picked = " UNION ALL ".join(subs)
+            # the chosen rows first, on narrow rows (position, bucket, key), then their columns, part by part;
+            # a tie in the key is between identical texts only, broken by position
+            con.execute(f"SET preserve_insertion_order = {'true' if jsonl else 'false'}")
+            rank = "_u, _file, file_row_number" if reservoir else "_part, _file, file_row_number"
+            bucket = "_b" if cap else "'all'"
+            body = " UNION ALL ".join(
+                f"SELECT {i} AS _part, _file, file_row_number, {bucket} AS _bucket{', _u' if reservoir else ''} "
+                f"FROM ({q.select(seed, src, reservoir)})" for i, q in enumerate(queries))
+            sel = (f"SELECT * FROM ({body}) QUALIFY row_number() OVER (PARTITION BY _bucket ORDER BY {rank}) "
+                   f"<= {int(bucket_cap)}")
             if overall:
-                picked = (f"SELECT * FROM ({picked}) QUALIFY row_number() OVER (ORDER BY _part, _file, "
-                          f"file_row_number) <= {int(overall)}")
-            order = "_part, _file, file_row_number"
-        con.execute(f"CREATE TEMP TABLE picked AS SELECT py_id(text) AS id, {cols}, "
-                    f"row_number() OVER (ORDER BY {order}) AS _o FROM ({picked})")
-        n = con.execute("SELECT count(*) FROM picked").fetchone()[0]
-        shards = []
-        for i, start in enumerate(range(0, n, shard_rows)):
-            shards.append(f"data-{i:05d}.parquet")
-            con.execute(f"COPY (SELECT id, {cols} FROM picked WHERE _o > {start} AND _o <= {start + shard_rows} "
-                        f"ORDER BY _o) TO {sql_str(tmp / shards[-1])} (FORMAT parquet)")
+                sel = f"SELECT * FROM ({sel}) QUALIFY row_number() OVER (ORDER BY {rank}) <= {int(overall)}"
+            con.execute(f"CREATE TEMP TABLE chosen AS {sel}")
+            for i, q in enumerate(queries):
+                rows = (f"SELECT s.* FROM ({q.select(seed, src, reservoir)}) s SEMI JOIN "
+                        f"(SELECT _file, file_row_number FROM chosen WHERE _part = {i}) c "
+                        f"ON s._file = c._file AND s.file_row_number = c.file_row_number")
+                write(rows, "_b, _u" if reservoir else "_file, file_row_number")
         manifest = manifest_for(entry, tmp, shards, counts, labels, mode, cap)
         if manifest["counts"]["rows"] == 0:
             raise PeftlabError(f"dataset {entry['name']!r} is empty after filtering ({counts}); check "
