@@ -1,9 +1,12 @@
 """Streaming fetch: a source of any size becomes capped, sharded contract parquet, in bounded memory.
 
-The source is read in record batches (the Hub and Hub-layout folders through `datasets` streaming in Arrow
-format; local parquet/csv/jsonl files chunk by chunk), each batch is mapped onto the data contract by the same
-`to_contract` as the in-memory fetch, capped per category and appended to parquet shards at once. Memory holds
-one batch plus, for the seeded sample, at most 2 x cap floats per category: it does not grow with the source.
+Local parquet/jsonl (a file, or a folder in Hub layout) is scanned by DuckDB (peftlab/data/scan.py), with the
+caps as queries. What this module reads itself, in record batches, is the rest: the Hub through `datasets`
+streaming in Arrow format (DuckDB's hf:// reader would need an extension downloaded at first use), pypi
+artifacts, and the local formats the scan does not cover (csv, tsv, JSON arrays, compressed files, other
+encodings). Each batch is mapped onto the data contract by the same `to_contract` as the in-memory fetch, capped
+per category and appended to parquet shards at once. Memory holds one batch plus, for the seeded sample, at most
+2 x cap floats per category: it does not grow with the source.
 
 Caps (`per_category`, `sample`):
 - `first`: the first N rows of each category in source order; a config that reaches its cap is not read
