@@ -37,7 +37,8 @@ class DataParams:
     sha256: Optional[str] = None
     config: Optional[str] = None
     split: Optional[str] = None
-    streaming: Optional[bool] = _meta(doc="true: fetch into parquet shards (DuckDB scan of local parquet/jsonl, else batches)")
+    streaming: Optional[bool] = _meta(doc="true: fetch into parquet shards (DuckDB scan of local parquet/jsonl, "
+                                      "else record batches)")
     configs: Optional[list[str]] = _meta(doc="several Hub configs fetched in turn, each a category")
     config_prefix: Optional[str] = _meta(doc="stripped from a config name to give its category")
     per_category: Optional[int] = _meta(lo=1, doc="streaming: keep at most this many rows per category")
