@@ -106,15 +106,14 @@ def split_tables(con, files: list[Path], labels: list[str], val: float, test: fl
     # of the normalised text: used within this run only, so their version-stability does not matter.
     raw = "coalesce(text, '')"
     con.execute(f"""CREATE TEMP TABLE cleaned AS
-        SELECT *, CASE WHEN text = '' THEN NULL ELSE hash(_n) END AS _key1, hash(_n || chr(1)) AS _key2,
-               length(text) - length(replace(text, ' ', '')) + 1 AS _words
+        SELECT * EXCLUDE (_n), hash(_n) AS _key1, hash(_n || chr(1)) AS _key2,
+               strlen(text) - strlen(replace(text, ' ', '')) + 1 AS _words
         FROM (SELECT *, CASE WHEN text = '' THEN '' ELSE {_norm_sql('text')} END AS _n
               FROM (SELECT {quoted}, {_clean_sql('_raw')} AS text,
                            (_wide OR _dirty) AND regexp_matches(_raw, '{_CTRL_CLASS}') AS _ctl
                     FROM (SELECT *, strlen(_raw) <> length(_raw) AS _wide,
                                  regexp_matches(_raw, '[\\x00-\\x1f\\x7f]|  |^ | $') AS _dirty
                           FROM (SELECT * EXCLUDE (text), {raw} AS _raw FROM {src}))))""")
-    con.execute("ALTER TABLE cleaned DROP COLUMN _n")
     extra = [c for c in ("group", "category", "rating") if c in out_cols]
     narrow = ", ".join(['id', 'label'] + [f'"{c}"' for c in extra])
     counts = _counts(con, "SELECT count(*) AS input_rows, count(*) FILTER (_ctl AND text <> '') AS "
