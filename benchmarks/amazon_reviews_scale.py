@@ -1,18 +1,22 @@
-"""Fetch and split at Amazon-Reviews-2023 scale: peak memory must stay flat as the source grows.
+"""Fetch and split at Amazon-Reviews-2023 scale: the DuckDB path beside the code it replaced, same run.
 
 Builds a source shaped like McAuley-Lab/Amazon-Reviews-2023 in Hub layout (README.md with one config per
 category, `raw_review_<Category>/full-NNNNN-of-NNNNN.parquet` files of at most 300k rows, the real review
 columns: rating, title, text, images, asin, parent_asin, user_id, timestamp, helpful_vote, verified_purchase),
 with N rows over the 33 categories in a skewed, Zipf-like mix (like the real corpus: Books and Home are huge,
 Gift_Cards tiny), written chunk by chunk so the generator never holds the source either. Then runs the real
-stages as subprocesses in a scratch project, with the catalog entry `amazon_reviews_2023` pointed at the folder:
+stages as subprocesses in a scratch project, with the catalog entry `amazon_reviews_2023` pointed at the folder
+(`local:`), once with this checkout and once with the old code (a git worktree of `--old-rev`, default
+be9be21: the hand-rolled batches of stream.py and split_scale.py), on the same source:
 
     fetch (first 100k per category)      python stages/fetch.py data   (data.sample: first)
     fetch (seeded sample, 100k/category) python stages/fetch.py data   (data.sample: reservoir: reads every row)
-    split (chunked path)                 python stages/split.py        (on the first-N fetch)
+    split                                python stages/split.py        (on the first-N fetch)
 
-and prints, for each, wall time, rows/s and the child process' peak RSS (os.wait4), then the ratio of peak RSS
-between the largest and the smallest source (flat memory: about 1x; the limit checked is 2 GB).
+and prints, for each, wall time, source rows read per second (fetch: the rows the stage reports reading;
+split: its input rows) and the child process' peak RSS (os.wait4), the new/old speed ratio, whether the new
+path's peak RSS stays within split.memory_limit_mb + 300 MB, and a projection of the 3.3M-row plan (100k per
+category) and of the whole 571M-row corpus from the measured rates.
 
     python benchmarks/amazon_reviews_scale.py                       # 5,000,000 rows
     python benchmarks/amazon_reviews_scale.py --rows 1000000 5000000
@@ -21,7 +25,9 @@ Disk: about 0.5 GB per million rows under --workdir (default /tmp), removed afte
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -37,7 +43,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-LIMIT_MB = 2048
+MEMORY_LIMIT_MB = 512      # split.memory_limit_mb's default: DuckDB's limit
+RSS_SLACK_MB = 300         # the acceptance: peak RSS within the limit plus this
+PLAN_ROWS, CORPUS_ROWS = 3_300_000, 571_000_000
 CHUNK = 100_000
 FILE_ROWS = 300_000   # rows per parquet file: the Hub shards big splits into files of a few hundred MB
 
@@ -128,45 +136,66 @@ def generate(root: Path, n_rows: int, seed: int = 0) -> dict[str, int]:
     return dict(zip(cats, map(int, sizes)))
 
 
-def run_stage(project: Path, args: list[str], env: dict) -> tuple[float, float, str]:
-    """(seconds, peak RSS in MB, stdout) of one stage in its own process."""
+def run_measured(project: Path, repo: Path, args: list[str], env: dict) -> tuple[float, float, str]:
+    """As run_stage, but the child's own peak RSS from os.wait4 (Popen.communicate would reap it first)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, str(REPO / "stages" / args[0]), *args[1:]], cwd=project, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    out_path = project / ".stdout"
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(repo / "stages" / args[0]), *args[1:]], cwd=project,
+                                env={**env, "PYTHONPATH": str(repo)}, stdout=out, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
     secs = time.perf_counter() - start
+    text = out_path.read_text()
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{args} failed:\n{out}")
-    return secs, usage.ru_maxrss / 1024, out.strip().splitlines()[-1]
+        raise SystemExit(f"{repo}: {args} failed:\n{text[-3000:]}")
+    return secs, usage.ru_maxrss / 1024, text.strip().splitlines()[-1]
 
 
-def one_size(n_rows: int, cap: int, work: Path, modes: list[str]) -> dict:
-    src, project = work / f"source-{n_rows}", work / f"project-{n_rows}"
+def source_rows_read(line: str) -> int:
+    m = re.search(r"from ([0-9,]+) source rows", line)
+    return int(m[1].replace(",", "")) if m else 0
+
+
+def one_size(n_rows: int, cap: int, work: Path, modes: list[str], repos: dict[str, Path]) -> dict:
+    src = work / f"source-{n_rows}"
     t0 = time.perf_counter()
     sizes = generate(src, n_rows)
     gen_s = time.perf_counter() - t0
     disk = sum(f.stat().st_size for f in src.rglob("*.parquet")) / 1e6
     print(f"\n== {n_rows:,} source rows in {len(sizes)} categories (largest {max(sizes.values()):,}, smallest "
-          f"{min(sizes.values()):,}; {disk:,.0f} MB parquet; generated in {gen_s:.0f} s)")
-    project.mkdir()
-    shutil.copy(REPO / "catalog.yaml", project / "catalog.yaml")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HOME": str(work / "hf-home"), "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    results = {}
-    for mode in modes:
-        params = {"seed": 42, "data": {"name": "amazon_reviews_2023", "source": f"hf:{src}", "per_category": cap,
-                                       "sample": mode}, "split": {"val": 0.1, "test": 0.1}}
-        (project / "params.yaml").write_text(yaml.safe_dump(params))
-        secs, rss, line = run_stage(project, ["fetch.py", "data"], env)
-        results[f"fetch ({mode})"] = (secs, rss)
-        print(f"fetch {mode:9s}: {secs:6.1f} s, peak RSS {rss:7.0f} MB  | {line}")
-        if mode == modes[0]:   # split what the first fetch kept
-            secs, rss, line = run_stage(project, ["split.py"], env)
-            results["split"] = (secs, rss)
-            print(f"split          : {secs:6.1f} s, peak RSS {rss:7.0f} MB  | {line}")
-            shutil.rmtree(project / "data" / "splits")
+          f"{min(sizes.values()):,}; {disk:,.0f} MB parquet; generated in {gen_s:.0f} s)", flush=True)
+    env = {**os.environ, "HF_HOME": str(work / "hf-home"), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TQDM_DISABLE": "1"}
+    results: dict = {}
+    for version, repo in repos.items():
+        project = work / f"project-{n_rows}-{version}"
+        project.mkdir()
+        shutil.copy(repo / "catalog.yaml", project / "catalog.yaml")
+        for mode in modes:
+            params = {"seed": 42, "data": {"name": "amazon_reviews_2023", "source": f"local:{src}",
+                                           "per_category": cap, "sample": mode}, "split": {"val": 0.1, "test": 0.1}}
+            (project / "params.yaml").write_text(yaml.safe_dump(params))
+            secs, rss, line = run_measured(project, repo, ["fetch.py", "data"], env)
+            read = source_rows_read(line)
+            results[(f"fetch ({mode})", version)] = (secs, rss, read)
+            print(f"{version} fetch {mode:9s}: {secs:6.1f} s, {read / secs:10,.0f} source rows/s, peak RSS "
+                  f"{rss:5.0f} MB | {line}", flush=True)
+            if mode == modes[0]:   # split what the first fetch kept
+                secs, rss, line = run_measured(project, repo, ["split.py"], env)
+                n_in = json.loads((project / "metrics" / "split.json").read_text())["counts"]["input_rows"]
+                results[("split", version)] = (secs, rss, n_in)
+                print(f"{version} split          : {secs:6.1f} s, {n_in / secs:10,.0f} rows/s, peak RSS "
+                      f"{rss:5.0f} MB | {line}", flush=True)
+                shutil.rmtree(project / "data" / "splits")
+        shutil.rmtree(project)
     return results
+
+
+def old_worktree(rev: str, work: Path) -> Path:
+    path = work / f"old-{rev}"
+    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(path), rev], check=True,
+                   capture_output=True)
+    return path
 
 
 def main() -> None:
@@ -174,28 +203,44 @@ def main() -> None:
     ap.add_argument("--rows", type=int, nargs="+", default=[5_000_000])
     ap.add_argument("--cap", type=int, default=100_000, help="data.per_category")
     ap.add_argument("--modes", nargs="+", default=["first", "reservoir"], choices=["first", "reservoir"])
+    ap.add_argument("--old-rev", default="be9be21", help="the code to compare with (git revision)")
+    ap.add_argument("--old-repo", default=None, help="a checkout of the old code instead of a worktree of --old-rev")
     ap.add_argument("--workdir", default="/tmp")
     ap.add_argument("--keep", action="store_true", help="keep the generated source and outputs")
     args = ap.parse_args()
     work = Path(args.workdir) / f"peftlab-amazon-scale-{os.getpid()}"
     work.mkdir(parents=True)
+    old = Path(args.old_repo) if args.old_repo else old_worktree(args.old_rev, work)
     try:
-        by_size = {n: one_size(n, args.cap, work, args.modes) for n in args.rows}
+        by_size = {n: one_size(n, args.cap, work, args.modes, {"old": old, "new": REPO}) for n in args.rows}
     finally:
+        if not args.old_repo:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(old)], capture_output=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\npeak RSS in MB (limit {LIMIT_MB}):")
-    steps = list(next(iter(by_size.values())))
-    print("rows".rjust(12) + "".join(s.rjust(20) for s in steps))
+    limit = MEMORY_LIMIT_MB + RSS_SLACK_MB
+    print(f"\n| step | source | old: s, rows/s, peak RSS | new: s, rows/s, peak RSS | speed new/old | new RSS <= "
+          f"{limit} MB |\n|---|---:|---|---|---:|---|")
+    ok = True
     for n, res in by_size.items():
-        print(f"{n:12,d}" + "".join(f"{res[s][1]:20.0f}" for s in steps))
-    worst = max(r[1] for res in by_size.values() for r in res.values())
-    print(f"largest peak {worst:.0f} MB: {'within' if worst <= LIMIT_MB else 'OVER'} the {LIMIT_MB} MB limit")
-    if len(by_size) > 1:
-        lo, hi = min(by_size), max(by_size)
-        print(f"{hi:,} vs {lo:,} rows ({hi / lo:.0f}x the source): peak RSS ratio "
-              + ", ".join(f"{s} {by_size[hi][s][1] / by_size[lo][s][1]:.2f}x" for s in steps))
-    if worst > LIMIT_MB:
+        for step in dict.fromkeys(s for s, _ in res):
+            (os_, orss, oread), (ns, nrss, nread) = res[(step, "old")], res[(step, "new")]
+            ratio = (nread / ns) / (oread / os_)
+            ok &= nrss <= limit
+            print(f"| {step} | {n / 1e6:g}M | {os_:.1f} s, {oread / os_:,.0f}/s, {orss:,.0f} MB | {ns:.1f} s, "
+                  f"{nread / ns:,.0f}/s, {nrss:,.0f} MB | {ratio:.1f}x | {'yes' if nrss <= limit else 'NO'} |")
+    n = max(by_size)
+    res = by_size[n]
+    print(f"\nprojection from the {n / 1e6:g}M-row rates (rows/s as measured; linear):")
+    for version in ("old", "new"):
+        rate = {step: res[(step, version)][2] / res[(step, version)][0] for step, v in res if v == version}
+        parts = [f"split of the {PLAN_ROWS / 1e6:.1f}M-row plan {PLAN_ROWS / rate['split'] / 60:,.1f} min"]
+        if "fetch (reservoir)" in rate:
+            parts.append(f"reading all {CORPUS_ROWS / 1e6:.0f}M reviews (reservoir fetch) "
+                         f"{CORPUS_ROWS / rate['fetch (reservoir)'] / 3600:,.2f} h")
+        parts.append(f"split of all {CORPUS_ROWS / 1e6:.0f}M {CORPUS_ROWS / rate['split'] / 3600:,.2f} h")
+        print(f"  {version}: " + "; ".join(parts))
+    if not ok:
         raise SystemExit(1)
 
 

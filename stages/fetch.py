@@ -17,7 +17,7 @@ def main() -> None:
     ap.add_argument("key", nargs="?", help="with `model`: a key of `models` in params.yaml")
     args = ap.parse_args()
     if args.what == "data":
-        fetch_data(load_params(["seed", "data"]), paths.RAW)
+        fetch_data(load_params(["seed", "data", "split"]), paths.RAW)   # split: DuckDB's memory limit, threads
     else:
         if not args.key:
             ap.error("`model` needs a key of `models` in params.yaml")

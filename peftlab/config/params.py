@@ -37,7 +37,8 @@ class DataParams:
     sha256: Optional[str] = None
     config: Optional[str] = None
     split: Optional[str] = None
-    streaming: Optional[bool] = _meta(doc="true: fetch in record batches into parquet shards (peftlab/stream.py)")
+    streaming: Optional[bool] = _meta(doc="true: fetch into parquet shards (DuckDB scan of local parquet/jsonl, "
+                                      "else record batches)")
     configs: Optional[list[str]] = _meta(doc="several Hub configs fetched in turn, each a category")
     config_prefix: Optional[str] = _meta(doc="stripped from a config name to give its category")
     per_category: Optional[int] = _meta(lo=1, doc="streaming: keep at most this many rows per category")
@@ -73,6 +74,10 @@ class SplitParams:
     grouped: bool = _meta(False, doc="keep each group (data.group_column) inside one split")
     min_words: int = _meta(1, lo=1)
     max_words: int = _meta(512, lo=1)
+    memory_limit_mb: int = _meta(512, lo=64, doc="DuckDB's memory limit for split and the local-file fetch; "
+                                 "more spills less to disk, but peak RSS is this plus ~300 MB")
+    threads: Optional[int] = _meta(None, lo=1, doc="DuckDB threads (null: every core); fewer leave cores to "
+                                   "other work at the cost of speed, the result is the same")
 
     def check(self) -> None:
         if self.val + self.test >= 1.0:

@@ -31,7 +31,8 @@ def fetch_data(params: Params, out_dir: str | Path) -> pd.DataFrame | dict:
     from peftlab.data import stream  # batches, caps and shards for sources of any size
 
     if stream.wants_streaming(entry):
-        return stream.fetch_streaming(entry, params.seed, params.data.max_samples, out_dir)
+        return stream.fetch_streaming(entry, params.seed, params.data.max_samples, out_dir,
+                                      memory_limit_mb=params.split.memory_limit_mb, threads=params.split.threads)
     raw, class_names = read_source_frame(entry, params.data.max_samples)
     raw, entry = stream.apply_text_template(raw, entry)
     df, counts = to_contract(raw, entry, entry["labels"], class_names)

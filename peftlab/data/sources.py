@@ -271,7 +271,7 @@ def read_source_frame(entry: dict, max_samples: int | None = None) -> tuple[pd.D
         return read_table(path, entry.get("format"), entry.get("encoding")), {}
 
 
-def _value_key(v: Any) -> str:
+def value_key(v: Any) -> str:
     """Label values compare as strings; 4.0 and 4 are the same star rating."""
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
         return str(int(v))
@@ -283,7 +283,7 @@ _NUMBER = re.compile(r"^\s*-?\d+(?:\.\d+)?\s*$")
 
 
 def _lookup(value: str, label_map: dict) -> tuple[bool, Any]:
-    keys = {_value_key(k): v for k, v in label_map.items()}
+    keys = {value_key(k): v for k, v in label_map.items()}
     if value in keys:
         return True, keys[value]
     try:
@@ -325,7 +325,7 @@ def to_contract(raw: pd.DataFrame, entry: dict, labels: list[str], class_names: 
     for dcol, values in (entry.get("drop_values") or {}).items():
         if dcol not in df.columns:
             raise PeftlabError(f"column {dcol!r} (data.drop_values) not found; columns: {', '.join(map(str, cols))}")
-        drop = df[dcol].map(_value_key).isin({_value_key(v) for v in values})
+        drop = df[dcol].map(value_key).isin({value_key(v) for v in values})
         counts[f"dropped_{dcol}_values"] = int(drop.sum())
         df = df[~drop]
 
@@ -339,7 +339,7 @@ def to_contract(raw: pd.DataFrame, entry: dict, labels: list[str], class_names: 
         raise PeftlabError(f"column {label_col!r} (data.label_column) holds {type(bad).__name__} values such as "
                            f"{str(bad)[:60]!r}; allowed: one string or number per row")
     names = (class_names or {}).get(label_col)
-    keys = label_values.map(_value_key)
+    keys = label_values.map(value_key)
     if names:  # a Hub ClassLabel: ints become their names, which label_map may then rename
         keys = keys.map(lambda k: names[int(k)] if k.lstrip("-").isdigit() and 0 <= int(k) < len(names) else k)
     label_map = entry.get("label_map")

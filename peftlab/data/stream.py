@@ -1,9 +1,12 @@
 """Streaming fetch: a source of any size becomes capped, sharded contract parquet, in bounded memory.
 
-The source is read in record batches (the Hub and Hub-layout folders through `datasets` streaming in Arrow
-format; local parquet/csv/jsonl files chunk by chunk), each batch is mapped onto the data contract by the same
-`to_contract` as the in-memory fetch, capped per category and appended to parquet shards at once. Memory holds
-one batch plus, for the seeded sample, at most 2 x cap floats per category: it does not grow with the source.
+Local parquet/jsonl (a file, or a folder in Hub layout) is scanned by DuckDB (peftlab/data/scan.py), with the
+caps as queries. What this module reads itself, in record batches, is the rest: the Hub through `datasets`
+streaming in Arrow format (DuckDB's hf:// reader would need an extension downloaded at first use), pypi
+artifacts, and the local formats the scan does not cover (csv, tsv, JSON arrays, compressed files, other
+encodings). Each batch is mapped onto the data contract by the same `to_contract` as the in-memory fetch, capped
+per category and appended to parquet shards at once. Memory holds one batch plus, for the seeded sample, at most
+2 x cap floats per category: it does not grow with the source.
 
 Caps (`per_category`, `sample`):
 - `first`: the first N rows of each category in source order; a config that reaches its cap is not read
@@ -30,6 +33,7 @@ import pyarrow.parquet as pq
 
 from peftlab.core.errors import PeftlabError
 from peftlab.core.io import atomic_path, stable_hash, write_json
+from peftlab.data.scan import fetch_scan, manifest_for, scan_parts
 from peftlab.data.sources import local_path, open_hub_dataset, parse_source, read_source_frame, read_table, to_contract
 
 BATCH_ROWS = 50_000          # rows mapped at a time: a few tens of MB of review text
@@ -224,11 +228,13 @@ def _add(total: dict, counts: dict) -> None:
 
 
 def fetch_streaming(entry: dict, seed: int, max_samples: int | None, out_dir: str | Path,
-                    batch_rows: int = BATCH_ROWS, shard_rows: int = SHARD_ROWS) -> dict:
+                    batch_rows: int = BATCH_ROWS, shard_rows: int = SHARD_ROWS, memory_limit_mb: int = 512,
+                    threads: int | None = None) -> dict:
     """fetch stage, streaming: source -> data/raw/data-NNNNN.parquet shards + manifest.json (atomically).
 
     With `per_category`, each category (config or category column) is capped and `max_samples` caps the total
-    on top; without it, `max_samples` caps the whole source as one bucket."""
+    on top; without it, `max_samples` caps the whole source as one bucket. Local parquet/jsonl (a file or a
+    Hub-layout folder) is scanned by DuckDB (peftlab/data/scan.py); the rest is read here batch by batch."""
     from tqdm.auto import tqdm
 
     labels = entry["labels"]
@@ -238,6 +244,9 @@ def fetch_streaming(entry: dict, seed: int, max_samples: int | None, out_dir: st
     cap = entry.get("per_category")
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
         raise PeftlabError(f"data.per_category = {cap!r} is invalid; allowed: an integer >= 1, or null (no cap)")
+    parts = scan_parts(entry)
+    if parts is not None:
+        return fetch_scan(entry, parts, seed, max_samples, out_dir, memory_limit_mb, threads, shard_rows)
     bucket_cap = cap or max_samples
     overall = max_samples if cap else None
     reservoir = mode == "reservoir" and bucket_cap is not None
@@ -282,7 +291,7 @@ def fetch_streaming(entry: dict, seed: int, max_samples: int | None, out_dir: st
             shutil.rmtree(stage)
         else:
             shards = writer.names
-        manifest = _manifest(entry, tmp, shards, counts, labels, mode, cap)
+        manifest = manifest_for(entry, tmp, shards, counts, labels, mode, cap)
         if manifest["counts"]["rows"] == 0:
             raise PeftlabError(f"dataset {entry['name']!r} is empty after filtering ({counts}); check "
                                f"data.drop_values, data.label_map and data.labels")
@@ -312,30 +321,3 @@ def _finish_reservoir(stage: Path, cands: list[str], sampler: BottomK, overall: 
             keep = (u <= df["_b"].map(bars).to_numpy(dtype=np.float64)) & (u <= top)
             writer.write(df[keep].drop(columns=["_u", "_b"]))
     return writer.close()
-
-
-def _manifest(entry: dict, folder: Path, shards: list[str], counts: dict, labels: list[str], mode: str,
-              cap: int | None) -> dict:
-    """Counts come from the shards' own columns (label, category), read column by column."""
-    label_counts = dict.fromkeys(labels, 0)
-    cat_counts: dict[str, int] = defaultdict(int)
-    rows, columns = 0, []
-    for name in shards:
-        pf = pq.ParquetFile(folder / name)
-        columns = pf.schema_arrow.names
-        rows += pf.metadata.num_rows
-        want = ["label_text"] + (["category"] if "category" in columns else [])
-        for batch in pf.iter_batches(columns=want, batch_size=500_000):
-            for l, n in pd.Series(batch.column("label_text").to_pylist()).value_counts().items():
-                label_counts[l] += int(n)
-            if "category" in want:
-                for c, n in pd.Series(batch.column("category").to_pylist()).value_counts().items():
-                    cat_counts[c] += int(n)
-    counts = {**counts, "capped_rows": int(counts.get("source_rows", 0) - sum(
-        v for k, v in counts.items() if k.startswith("dropped")) - rows), "rows": rows}
-    out = {"name": entry["name"], "source": entry["source"], "sha256": entry.get("sha256"), "labels": labels,
-           "columns": columns, "counts": counts, "label_counts": label_counts, "shards": shards,
-           "streaming": {"sample": mode, "per_category": cap, "configs": entry.get("configs")}}
-    if cat_counts:
-        out["category_counts"] = dict(sorted(cat_counts.items()))
-    return out

@@ -78,8 +78,7 @@ def _slice(name: str, spec: dict, test: pd.DataFrame) -> TestSet:
 
 def _seen_keys(splits_dir: Path) -> np.ndarray:
     """64-bit hashes of every normalised train and val text, read chunk by chunk."""
-    from peftlab.data.clean import normalize_for_dedupe
-    from peftlab.data.split_scale import hash64
+    from peftlab.data.clean import hash64, normalize_for_dedupe
 
     keys = []
     for s in ("train", "val"):
@@ -91,10 +90,9 @@ def _seen_keys(splits_dir: Path) -> np.ndarray:
 
 
 def _source(name: str, spec: dict, labels: list[str], seen: np.ndarray, seed: int) -> TestSet:
-    from peftlab.data.clean import clean_frame, dedupe, normalize_for_dedupe
+    from peftlab.data.clean import clean_frame, dedupe, hash64, normalize_for_dedupe
     from peftlab.data.sources import load_catalog, read_source_frame, resolve_entry, to_contract
     from peftlab.data.split import stratified_sample
-    from peftlab.data.split_scale import hash64
     from peftlab.data.stream import apply_text_template
 
     overrides = {k: v for k, v in spec.items() if k not in ("dataset", "max_rows")}
