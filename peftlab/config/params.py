@@ -214,7 +214,7 @@ class PoisonParams:
     sentence: str = _meta("I watched this 3D movie.", doc="AddSent: the inserted sentence")
     attacks: dict = _meta(factory=dict, doc="name -> {attack, count | rate, train_rows}")
     counts: list[int] = _meta(factory=lambda: [0, 200], doc="count sweep: poisoned rows (0: clean reference)")
-    sizes: list[int] = _meta(factory=lambda: [2000, 4000], doc="count sweep: training-set sizes")
+    sizes: list[int] = _meta(factory=lambda: [1000, 2000], doc="count sweep: training-set sizes")
     count_attack: Literal["badnets", "addsent", "cleanlabel"] = "badnets"
     batch_size: int = _meta(8, lo=1, doc="training batch of the poisoned runs: small sets need more, smaller steps")
     epochs: Optional[float] = _meta(lo=0.0, lo_open=True, doc="epochs of the poisoned runs; null: train.epochs")
