@@ -343,18 +343,30 @@ def fetch_scan(entry: dict, parts: list, seed: int, max_samples: int | None, out
                         f"(SELECT _file, file_row_number FROM chosen WHERE _part = {i}) c "
                         f"ON s._file = c._file AND s.file_row_number = c.file_row_number")
                 write(rows, "_b, _u" if reservoir else "_file, file_row_number")
-        manifest = manifest_for(entry, tmp, shards, counts, labels, mode, cap)
-        if manifest["counts"]["rows"] == 0:
-            raise PeftlabError(f"dataset {entry['name']!r} is empty after filtering ({counts}); check "
-                               f"data.drop_values, data.label_map and data.labels")
-        write_json(tmp / "manifest.json", manifest)
+        manifest = write_manifest(entry, tmp, shards, counts, labels, mode, cap)
+    report_fetch(entry, manifest, shards, counts, counts.get("source_rows", 0), started, ", DuckDB scan")
+    return manifest
+
+
+def write_manifest(entry: dict, folder: Path, shards: list[str], counts: dict, labels: list[str], mode: str,
+                   cap: int | None) -> dict:
+    """manifest.json of a fetch (both paths), refused when filtering left no row."""
+    manifest = manifest_for(entry, folder, shards, counts, labels, mode, cap)
+    if manifest["counts"]["rows"] == 0:
+        raise PeftlabError(f"dataset {entry['name']!r} is empty after filtering ({counts}); check "
+                           f"data.drop_values, data.label_map and data.labels")
+    write_json(folder / "manifest.json", manifest)
+    return manifest
+
+
+def report_fetch(entry: dict, manifest: dict, shards: list[str], counts: dict, read: int, started: float,
+                 how: str = "") -> None:
+    """The one "fetched ..." line of both fetch paths: rows kept, source rows read, rate, what was dropped."""
     secs = time.perf_counter() - started
-    read = counts.get("source_rows", 0)
     dropped = ", ".join(f"{k}={v}" for k, v in counts.items() if k.startswith("dropped") and v)
     print(f"fetched {entry['name']}: {manifest['counts']['rows']} rows in {len(shards)} shards "
           f"{manifest['label_counts']} from {read} source rows in {secs:.1f} s ({read / max(secs, 1e-9):,.0f} "
-          f"rows/s, DuckDB scan; dropped: {dropped or 'none'})")
-    return manifest
+          f"rows/s{how}; dropped: {dropped or 'none'})")
 
 
 def _present(queries: list[_Query]) -> set[str]:

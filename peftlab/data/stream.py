@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from peftlab.core.errors import PeftlabError
-from peftlab.core.io import atomic_path, stable_hash, write_json
-from peftlab.data.scan import fetch_scan, manifest_for, scan_parts
+from peftlab.core.io import atomic_path, stable_hash
+from peftlab.data.scan import fetch_scan, report_fetch, scan_parts, write_manifest
 from peftlab.data.sources import local_path, open_hub_dataset, parse_source, read_source_frame, read_table, to_contract
 
 BATCH_ROWS = 50_000          # rows mapped at a time: a few tens of MB of review text
@@ -291,16 +291,8 @@ def fetch_streaming(entry: dict, seed: int, max_samples: int | None, out_dir: st
             shutil.rmtree(stage)
         else:
             shards = writer.names
-        manifest = manifest_for(entry, tmp, shards, counts, labels, mode, cap)
-        if manifest["counts"]["rows"] == 0:
-            raise PeftlabError(f"dataset {entry['name']!r} is empty after filtering ({counts}); check "
-                               f"data.drop_values, data.label_map and data.labels")
-        write_json(tmp / "manifest.json", manifest)
-    secs = time.perf_counter() - started
-    dropped = ", ".join(f"{k}={v}" for k, v in counts.items() if k.startswith("dropped") and v)
-    print(f"fetched {entry['name']}: {manifest['counts']['rows']} rows in {len(shards)} shards "
-          f"{manifest['label_counts']} from {read} source rows in {secs:.1f} s ({read / max(secs, 1e-9):,.0f} "
-          f"rows/s; dropped: {dropped or 'none'})")
+        manifest = write_manifest(entry, tmp, shards, counts, labels, mode, cap)
+    report_fetch(entry, manifest, shards, counts, read, started)
     return manifest
 
 
