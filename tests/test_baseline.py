@@ -19,6 +19,7 @@ from peftlab.modeling.predict import (
     label_logprobs,
     label_token_ids,
     parse_label,
+    shared_prefix,
 )
 
 
@@ -153,3 +154,23 @@ def test_generation_stopped_at_a_settled_answer_parses_the_same(tiny_lm):
     assert [parse_label(a, words) for a in stopped] == [parse_label(a, words) for a in full]
     assert any(len(s) < len(f) for s, f in zip(stopped, full))       # some rows did stop early
     assert all(f.startswith(s) for s, f in zip(stopped, full))       # greedy: the same text, cut
+
+
+def test_generation_from_the_shared_prefix_cache_gives_the_same_answers(tiny_lm):
+    import copy
+
+    model, tok = tiny_lm
+    # The tiny model's layers scaled up: its greedy answers then depend on the prompt (as built, the residual
+    # stream is the last token's embedding and every answer repeats it, which would show nothing).
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for w in model.model.layers.parameters():
+            w.mul_(4.0)
+    prompts = [chat_prompt(tok, "classify the review", f"review number {i} was {w}" + " really" * (i % 4), "")
+               for i, w in enumerate(["fine", "bad", "great", "odd", "long", "short", "dull", "fun"] * 2)]
+    enc = tok(prompts, add_special_tokens=False)["input_ids"]
+    assert len(shared_prefix(enc)) >= 3                    # there is a prefix to reuse, and rows of other lengths
+    plain = generate_answers(model, tok, prompts, max_new_tokens=12, batch_size=5, progress=False, reuse_prefix=False)
+    cached = generate_answers(model, tok, prompts, max_new_tokens=12, batch_size=5, progress=False)
+    assert len(set(plain)) > 4, plain                      # the answers depend on the prompt
+    assert cached == plain

@@ -121,6 +121,12 @@ class TrainParams:
     gradient_checkpointing: bool = False
     optim: Literal["adamw_torch", "paged_adamw_8bit", "adamw_8bit"] = _meta("adamw_torch",
                                                                           doc="8-bit optimizers need CUDA")
+    seed: Optional[int] = _meta(lo=0, doc="training randomness only (head and LoRA init, dropout, batch order); "
+                                          "null: the top-level seed. The split and subsets keep the top-level seed")
+
+    def run_seed(self, seed: int) -> int:
+        """The seed of the training randomness: train.seed, else the top-level seed."""
+        return seed if self.seed is None else self.seed
 
 
 @dataclass

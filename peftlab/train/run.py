@@ -321,7 +321,7 @@ def run_train(params: Params, paths: RunPaths) -> dict:
     from transformers import TrainingArguments, set_seed
 
     state = PartialState()
-    set_seed(params.seed)
+    set_seed(params.train.run_seed(params.seed))
     device = choose_device(params.model.device)
     tp = params.train
     _check_optim(tp.optim, device)
@@ -383,7 +383,8 @@ def run_train(params: Params, paths: RunPaths) -> dict:
         save_total_limit=2 if early else 1,
         load_best_model_at_end=early, metric_for_best_model=best_metric,
         greater_is_better=best_metric != "loss",
-        logging_steps=tp.logging_steps, report_to=report_to, seed=params.seed, data_seed=params.seed,
+        logging_steps=tp.logging_steps, report_to=report_to,
+        seed=tp.run_seed(params.seed), data_seed=tp.run_seed(params.seed),
         train_sampling_strategy="group_by_length" if tp.group_by_length else "random",
         use_cpu=device.type == "cpu", dataloader_num_workers=0, disable_tqdm=False, optim=tp.optim,
         prediction_loss_only=not classifier, ddp_find_unused_parameters=False,
