@@ -133,6 +133,22 @@ def shared_prefix(seqs: Sequence[Sequence[int]]) -> list[int]:
     return prefix[: max(0, min(len(s) for s in seqs) - 1)]
 
 
+def prefix_cache(model, prefix: list[int], device: torch.device):
+    """The key/value cache of the prompts' shared first tokens (run once), or None when there are none."""
+    if not prefix:
+        return None
+    return model(input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1).past_key_values
+
+
+def repeated_cache(cache, n: int):
+    """A copy of `cache` for a batch of n rows (the model extends the cache it is given, so each batch gets its own)."""
+    import copy
+
+    past = copy.deepcopy(cache)
+    past.batch_repeat_interleave(n)
+    return past
+
+
 def label_logprobs(model, tokenizer, prompts: Sequence[str], label_ids: list[list[int]], batch_size: int = 32,
                    device: torch.device | None = None, progress: bool = True, reuse_prefix: bool = True) -> np.ndarray:
     """(n, k) log-probability of each label's word(s) right after each prompt, summed over its tokens.
@@ -150,18 +166,14 @@ def label_logprobs(model, tokenizer, prompts: Sequence[str], label_ids: list[lis
     out = np.zeros((len(enc), len(label_ids)), dtype=np.float64)
     prefix = shared_prefix(enc) if reuse_prefix else []
     p = len(prefix)
-    cache = None
     batches = list(length_sorted_batches([len(x) for x in enc], batch_size))
     with torch.inference_mode():
-        if p:
-            prefix_ids = torch.tensor([prefix], device=device)
-            cache = model(input_ids=prefix_ids, use_cache=True, logits_to_keep=1).past_key_values
+        cache = prefix_cache(model, prefix, device)
 
         def forward(seqs: list[list[int]], keep: int):
             batch = left_pad([s[p:] for s in seqs], pad, device)
             if cache is not None:
-                past = copy.deepcopy(cache)
-                past.batch_repeat_interleave(len(seqs))
+                past = repeated_cache(cache, len(seqs))
                 ones = torch.ones((len(seqs), p), dtype=batch["attention_mask"].dtype, device=device)
                 batch["attention_mask"] = torch.cat([ones, batch["attention_mask"]], dim=1)
                 batch["position_ids"] = batch["position_ids"] + p
@@ -324,8 +336,6 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: i
     `reuse_prefix`: as in `label_logprobs`, the prompts' shared first tokens run once and each batch starts from
     their key/value cache; the rows are laid out prefix, padding, own tokens (generate() takes the positions
     from the mask's running count, so padding in the middle shifts nothing). Same answers as without (tested)."""
-    import copy
-
     from transformers import StoppingCriteria, StoppingCriteriaList
 
     device = device or next(model.parameters()).device
@@ -347,10 +357,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: i
             return torch.tensor([answer_settled(t, stop_at) for t in texts], device=input_ids.device)
 
     with torch.inference_mode():
-        cache = None
-        if p:
-            cache = model(input_ids=torch.tensor([prefix], device=device), use_cache=True,
-                          logits_to_keep=1).past_key_values
+        cache = prefix_cache(model, prefix, device)
         for idx in tqdm(batches, desc="generating", unit="batch", disable=not progress):
             batch = left_pad([enc[i][p:] for i in idx], pad, device)
             batch.pop("position_ids")  # generate() derives them from the mask
@@ -360,8 +367,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], max_new_tokens: i
                                                 batch["input_ids"]], dim=1)
                 batch["attention_mask"] = torch.cat([torch.ones((b, p), dtype=batch["attention_mask"].dtype,
                                                                 device=device), batch["attention_mask"]], dim=1)
-                batch["past_key_values"] = copy.deepcopy(cache)
-                batch["past_key_values"].batch_repeat_interleave(b)
+                batch["past_key_values"] = repeated_cache(cache, b)
             width = batch["input_ids"].shape[1]
             stop = StoppingCriteriaList([Settled(width)]) if stop_at else None
             new = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,

@@ -321,9 +321,10 @@ def run_train(params: Params, paths: RunPaths) -> dict:
     from transformers import TrainingArguments, set_seed
 
     state = PartialState()
-    set_seed(params.train.run_seed(params.seed))
-    device = choose_device(params.model.device)
     tp = params.train
+    train_seed = tp.run_seed(params.seed)
+    set_seed(train_seed)
+    device = choose_device(params.model.device)
     _check_optim(tp.optim, device)
     check_report_to(tp.report_to)
     labels = read_labels(paths.splits)
@@ -384,7 +385,7 @@ def run_train(params: Params, paths: RunPaths) -> dict:
         load_best_model_at_end=early, metric_for_best_model=best_metric,
         greater_is_better=best_metric != "loss",
         logging_steps=tp.logging_steps, report_to=report_to,
-        seed=tp.run_seed(params.seed), data_seed=tp.run_seed(params.seed),
+        seed=train_seed, data_seed=train_seed,
         train_sampling_strategy="group_by_length" if tp.group_by_length else "random",
         use_cpu=device.type == "cpu", dataloader_num_workers=0, disable_tqdm=False, optim=tp.optim,
         prediction_loss_only=not classifier, ddp_find_unused_parameters=False,
