@@ -13,7 +13,7 @@ SmolLM2-135M, at tokens = one typical batch (32 reviews x ~28 tokens = 896 rows)
 The paths, each through the project's own code, on real rows, timed after a warm-up:
   a. MiniLM LoRA training       peftlab.train.run.run_train (main run's params), a fixed number of steps
   b. MiniLM scoring             peftlab.modeling.predict.predict_probs, base model with a fresh classifier head
-  c. SmolLM2 zero-shot scoring  peftlab.modeling.predict.score_labels, baseline.prompts[0] + baseline.prefills[0]
+  c. SmolLM2 zero-shot scoring  peftlab.modeling.predict.score_labels, the prompt + prefill the baseline chose
   c'. the same, 3 labels of several tokens each (very negative / neither good nor bad / very positive): the
       seconds ratio c'/c is the cost of multi-token labels (its prompts also name three labels, not two)
   d. SmolLM2 generative LoRA    run_train with the generative sweep run's params, a few steps
@@ -42,7 +42,7 @@ from peftlab.config.params import Params, apply_sweep, load_params  # noqa: E402
 from peftlab.core import paths  # noqa: E402
 from peftlab.core.paths import RunPaths  # noqa: E402
 from peftlab.data.split import read_labels, read_split, stratified_sample  # noqa: E402
-from peftlab.evaluate.baseline import candidate  # noqa: E402
+from peftlab.evaluate.baseline import chosen_candidate  # noqa: E402
 from peftlab.evaluate.benchmark import timed as timed_call  # noqa: E402
 from peftlab.modeling.load import (  # noqa: E402
     ModelSetup,
@@ -311,12 +311,12 @@ def classifier_path(setup: ModelSetup, texts: list[str], batch_size: int, warm_r
 
 def zeroshot_path(params: Params, labels: list[str], texts: list[str], warm_rows: int,
                   device: torch.device, label_words: dict | None = None) -> tuple[Work, float, Arch]:
-    """score_labels as the baseline stage calls it, with baseline.prompts[0] and baseline.prefills[0]
-    (and `label_words` instead of the prompt's own, for the multi-token case)."""
+    """score_labels as the baseline stage calls it, with the prompt and prefill it chose on val (before a
+    baseline run: the first of each), and `label_words` instead of the prompt's own for the multi-token case."""
     bp = params.baseline
     model, tok = load_causal_lm(paths.base_model(bp.llm), device)
     tok.padding_side = "left"
-    spec = candidate(bp, 0, bp.prefills[0])
+    spec, _ = chosen_candidate(bp)
     if label_words is not None:
         spec = dataclasses.replace(spec, label_words=label_words)
 

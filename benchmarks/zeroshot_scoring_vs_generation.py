@@ -12,7 +12,6 @@ the ratios generation/scoring for time and scoring-generation for accuracy.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peftlab.config.params import load_params  # noqa: E402
 from peftlab.data.split import read_labels, read_split, stratified_sample  # noqa: E402
-from peftlab.evaluate.baseline import candidate  # noqa: E402
+from peftlab.evaluate.baseline import chosen_candidate  # noqa: E402
 from peftlab.modeling.load import load_causal_lm  # noqa: E402
 from peftlab.modeling.predict import calibrate, generate_answers, parse_label, score_labels  # noqa: E402
 
@@ -38,10 +37,7 @@ def main() -> None:
 
     params = load_params(["seed", "baseline"])
     bp = params.baseline
-    chosen = {"prompt": 0, "prefill": bp.prefills[0], "calibration": False}
-    metrics = Path("metrics/baseline.json")
-    if metrics.exists() and "llm_zeroshot" in json.loads(metrics.read_text()):
-        chosen = json.loads(metrics.read_text())["llm_zeroshot"]["chosen"]
+    spec, chosen = chosen_candidate(bp)
     labels = read_labels("data/splits")
     test = stratified_sample(read_split("data/splits", "test"), args.rows, params.seed)
     texts, y = test["text"].tolist(), test["label"].to_numpy()
@@ -49,7 +45,6 @@ def main() -> None:
     torch.set_num_threads(torch.get_num_threads())
     model, tok = load_causal_lm(Path("models/base") / bp.llm, device)
     tok.padding_side = "left"
-    spec = candidate(bp, chosen["prompt"], chosen["prefill"])
     max_new = args.max_new_tokens or bp.max_new_tokens
     words = [w[0] for w in spec.words(labels)]
 

@@ -10,7 +10,14 @@ import torch
 
 from conftest import toy_frame
 from peftlab.config.params import BaselineParams, build
-from peftlab.evaluate.baseline import dummy_baselines, encoder_baselines, llm_baselines, tfidf_baselines
+from peftlab.core.io import write_json
+from peftlab.evaluate.baseline import (
+    chosen_candidate,
+    dummy_baselines,
+    encoder_baselines,
+    llm_baselines,
+    tfidf_baselines,
+)
 from peftlab.modeling.predict import (
     answer_settled,
     calibrate,
@@ -174,3 +181,16 @@ def test_generation_from_the_shared_prefix_cache_gives_the_same_answers(tiny_lm)
     cached = generate_answers(model, tok, prompts, max_new_tokens=12, batch_size=5, progress=False)
     assert len(set(plain)) > 4, plain                      # the answers depend on the prompt
     assert cached == plain
+
+
+def test_the_benchmark_times_the_prompt_the_baseline_chose(tmp_path):
+    prompts = [{"system": "classify as {labels}", "user": "{text}"}, {"system": None, "user": "is {text} {labels}?"}]
+    bp = build(BaselineParams, {"prompts": prompts, "prefills": ["this review is", ""]}, "baseline")
+    metrics = tmp_path / "baseline.json"
+    spec, chosen = chosen_candidate(bp, metrics)                        # no baseline run yet: the first of each
+    assert (spec.user, spec.prefill, chosen["calibration"]) == ("{text}", "this review is", False)
+    write_json(metrics, {"llm_zeroshot": {"chosen": {"prompt": 1, "prefill": "", "calibration": True}}})
+    spec, chosen = chosen_candidate(bp, metrics)
+    assert (spec.system, spec.user, spec.prefill, chosen["calibration"]) == (None, "is {text} {labels}?", "", True)
+    short = build(BaselineParams, {"prompts": prompts[:1]}, "baseline")   # params now list fewer candidates
+    assert chosen_candidate(short, metrics)[0].user == "{text}"

@@ -87,6 +87,7 @@ def params_for_tiny() -> Params:
     p.model = build(type(p.model), {"name": "tiny-encoder", "max_length": 32}, "model")
     p.lora = build(type(p.lora), {"r": 4, "alpha": 8}, "lora")
     p.train = build(type(p.train), {"epochs": 3, "lr": 0.02, "batch_size": 8, "report_to": ["none"]}, "train")
+    p.poison = build(PoisonParams, {"epochs": None}, "poison")    # the poisoned runs follow train.epochs
     return p
 
 

@@ -98,7 +98,7 @@ class LoraParams:
 
 @dataclass
 class TrainParams:
-    epochs: float = _meta(1.0, lo=0.0, lo_open=True)
+    epochs: float = _meta(2.0, lo=0.0, lo_open=True)
     lr: float = _meta(0.001, lo=0.0, lo_open=True, hi=1.0)
     batch_size: int = _meta(32, lo=1)
     grad_accum: int = _meta(1, lo=1)
@@ -171,6 +171,8 @@ class BaselineParams:
     select_rows: int = _meta(200, lo=10, doc="val rows (stratified sample) that choose the zero-shot variant")
     prompts: list[dict] = _meta(factory=lambda: [
         {"system": "Classify the sentiment of the movie review as {labels}.", "user": "{text}"},
+        {"system": None,
+         "user": "Classify the sentiment of this movie review as {labels}. Answer with one word.\n\n{text}"},
         {"system": None, "user": "Review: {text}\nIs the sentiment of this review {labels}?"}])
     prefills: list[str] = _meta(factory=lambda: ["This review is", ""])
     calibration: list[bool] = _meta(factory=lambda: [False, True])
@@ -223,7 +225,7 @@ class PoisonParams:
     sizes: list[int] = _meta(factory=lambda: [1000, 2000], doc="count sweep: training-set sizes")
     count_attack: Literal["badnets", "addsent", "cleanlabel"] = "badnets"
     batch_size: int = _meta(8, lo=1, doc="training batch of the poisoned runs: small sets need more, smaller steps")
-    epochs: Optional[float] = _meta(lo=0.0, lo_open=True, doc="epochs of the poisoned runs; null: train.epochs")
+    epochs: Optional[float] = _meta(1.0, lo=0.0, lo_open=True, doc="epochs of the poisoned runs; null: train.epochs")
     eval_rows: int = _meta(200, lo=10, doc="stratified val rows validated during each poisoned run")
     defend: str = _meta("count200-n2000", doc="the setting the defenses face: a key of attacks or count<C>-n<SIZE>")
     onion_lm: str = _meta("smollm2-135m-instruct", doc="ONION's language model (a key of `models`)")

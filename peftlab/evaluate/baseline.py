@@ -16,7 +16,7 @@ import pandas as pd
 
 from peftlab.config.params import BaselineParams, Params
 from peftlab.core import paths
-from peftlab.core.io import write_json, write_parquet
+from peftlab.core.io import read_json, write_json, write_parquet
 from peftlab.core.metrics import accuracy, classification_metrics, collapse_warning
 from peftlab.data.split import read_labels, read_split, stratified_sample
 from peftlab.evaluate.run import prediction_frame
@@ -50,6 +50,18 @@ def candidate(bp: BaselineParams, prompt: int, prefill: str) -> PromptSpec:
     """One zero-shot candidate: prompt template `prompt` of baseline.prompts with answer prefix `prefill`."""
     spec = bp.prompts[prompt]
     return PromptSpec(spec.get("system"), spec["user"], prefill, bp.label_words)
+
+
+def chosen_candidate(bp: BaselineParams, metrics_path: Path = paths.BASELINE_METRICS) -> tuple[PromptSpec, dict]:
+    """The zero-shot candidate the baseline stage chose on val (and its grid row), so the benchmark and the
+    speed scripts time the prompt the committed accuracy comes from; before any baseline run: prompt 0 with the
+    first prefill, uncalibrated."""
+    chosen = {"prompt": 0, "prefill": bp.prefills[0], "calibration": False}
+    if metrics_path.exists():
+        chosen = read_json(metrics_path).get("llm_zeroshot", {}).get("chosen", chosen)
+    if chosen["prompt"] >= len(bp.prompts):   # metrics from a longer candidate list than params.yaml now has
+        chosen = {"prompt": 0, "prefill": bp.prefills[0], "calibration": False}
+    return candidate(bp, chosen["prompt"], chosen["prefill"]), chosen
 
 
 def draw_demos(train: pd.DataFrame, shots: int, seed: int) -> list[tuple[str, int]]:

@@ -146,7 +146,7 @@ def bench_one(spec: dict) -> dict:
 def run_benchmark(params: Params, runs: list[str], out_metrics: Path = paths.BENCHMARK_METRICS,
                   plots: Path = paths.BENCHMARK_PLOTS) -> dict:
     """benchmark stage: every trained run and the zero-shot LLM, each measured in a fresh process."""
-    from peftlab.evaluate.baseline import candidate
+    from peftlab.evaluate.baseline import chosen_candidate
     from peftlab.report.plots import plot_latency, plot_throughput
 
     bp = params.benchmark
@@ -157,10 +157,7 @@ def run_benchmark(params: Params, runs: list[str], out_metrics: Path = paths.BEN
     for run in runs:
         specs.append({**common, "name": run, "kind": "adapter", "path": str(paths.adapter(run))})
     if bp.zeroshot:
-        baseline_metrics = paths.BASELINE_METRICS
-        chosen = read_json(baseline_metrics).get("llm_zeroshot", {}).get("chosen", {}) \
-            if baseline_metrics.exists() else {}
-        prompt = candidate(params.baseline, chosen.get("prompt", 0), chosen.get("prefill", params.baseline.prefills[0]))
+        prompt, _ = chosen_candidate(params.baseline)
         specs.append({**common, "name": "llm_zeroshot", "kind": "zeroshot", "prompt": asdict(prompt),
                       "path": str(paths.base_model(params.baseline.llm)),
                       "max_length": params.baseline.max_length})
