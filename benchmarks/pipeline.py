@@ -36,7 +36,10 @@ def clone(rev: str, dest: Path) -> None:
 def timed_repro(cwd: Path, target: str | None, log: Path) -> tuple[list[tuple[str, float]], float, int]:
     """(stage, seconds) in run order, the total and dvc's exit status; dvc's output streams to `log` and stdout."""
     cmd = ["dvc", "repro", "-f"] + ([target] if target else [])
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DVC_NO_ANALYTICS": "1"}
+    # The clone's own peftlab first: an editable install (`pip install -e .`) would otherwise import this
+    # checkout's package, so `--rev OLD` ran today's code with OLD's params.
+    path = os.pathsep.join([str(cwd)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "DVC_NO_ANALYTICS": "1", "PYTHONPATH": path}
     marks: list[tuple[str, float]] = []
     start = time.perf_counter()
     with open(log, "w") as out:
