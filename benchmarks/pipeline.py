@@ -38,7 +38,7 @@ def timed_repro(cwd: Path, target: str | None, log: Path) -> tuple[list[tuple[st
     cmd = ["dvc", "repro", "-f"] + ([target] if target else [])
     # The clone's own peftlab first: an editable install (`pip install -e .`) would otherwise import this
     # checkout's package, so `--rev OLD` ran today's code with OLD's params.
-    path = os.pathsep.join([str(cwd)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    path = os.pathsep.join(filter(None, [str(cwd), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "DVC_NO_ANALYTICS": "1", "PYTHONPATH": path}
     marks: list[tuple[str, float]] = []
     start = time.perf_counter()

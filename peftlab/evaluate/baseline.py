@@ -56,11 +56,10 @@ def chosen_candidate(bp: BaselineParams, metrics_path: Path = paths.BASELINE_MET
     """The zero-shot candidate the baseline stage chose on val (and its grid row), so the benchmark and the
     speed scripts time the prompt the committed accuracy comes from; before any baseline run: prompt 0 with the
     first prefill, uncalibrated."""
-    chosen = {"prompt": 0, "prefill": bp.prefills[0], "calibration": False}
-    if metrics_path.exists():
-        chosen = read_json(metrics_path).get("llm_zeroshot", {}).get("chosen", chosen)
+    first = {"prompt": 0, "prefill": bp.prefills[0], "calibration": False}
+    chosen = read_json(metrics_path).get("llm_zeroshot", {}).get("chosen", first) if metrics_path.exists() else first
     if chosen["prompt"] >= len(bp.prompts):   # metrics from a longer candidate list than params.yaml now has
-        chosen = {"prompt": 0, "prefill": bp.prefills[0], "calibration": False}
+        chosen = first
     return candidate(bp, chosen["prompt"], chosen["prefill"]), chosen
 
 
