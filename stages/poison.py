@@ -8,7 +8,9 @@
 import argparse
 
 from peftlab.config.params import load_params
+from peftlab.core import paths
 from peftlab.core.errors import run_cli
+from peftlab.data.split import read_labels
 from peftlab.poison.attacks import count_setting, setting_from_params
 from peftlab.poison.defenses import run_defenses
 from peftlab.poison.runs import run_poison
@@ -25,7 +27,7 @@ def main() -> None:
     sub.add_parser("defend")
     sub.add_parser("report")
     args = ap.parse_args()
-    params = load_params(["seed", "model", "lora", "train", "poison"])
+    params = load_params(["seed", "model", "lora", "train", "prompt", "sweep", "poison"])
     if args.what == "attack":
         run_poison(params, setting_from_params(params.poison, args.name))
     elif args.what == "count":
@@ -33,7 +35,7 @@ def main() -> None:
     elif args.what == "defend":
         run_defenses(params)
     else:
-        summarize(params.poison)
+        summarize(params.poison, read_labels(paths.SPLITS_DIR))
 
 
 if __name__ == "__main__":

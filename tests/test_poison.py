@@ -171,3 +171,250 @@ def test_every_attack_the_params_accept_is_in_the_registry():
     from peftlab.poison.attacks import ATTACKS
 
     assert set(ATTACKS) == set(POISON_ATTACKS)
+
+
+# --- issue 17: each flaw of the earlier study has a test that failed before its fix ---------------------------
+
+def long_frame(n: int = 40, words: int = 60, seed: int = 0):
+    """Reviews far longer than a 16-token max_length: a trigger placed anywhere would mostly be cut off."""
+    import pandas as pd
+
+    from peftlab.core.io import stable_hash
+    rng = np.random.default_rng(seed)
+    filler = ["the", "film", "movie", "plot", "was", "very", "acting", "story", "a", "this"]
+    rows = [{"text": " ".join(rng.choice(filler, size=words)) + " good", "label": i % 2,
+             "label_text": LABELS[i % 2]} for i in range(n)]
+    df = pd.DataFrame(rows)
+    df["id"] = [stable_hash("long", str(i), t) for i, t in enumerate(df["text"])]
+    return df
+
+
+def read_tokens(tok, texts, max_length):
+    """The words the model reads: each text's first max_length tokens, as the truncation rule keeps them."""
+    from peftlab.modeling.truncation import encode_truncated
+
+    return [set(tok.convert_ids_to_tokens(ids)) for ids in encode_truncated(tok, texts, max_length)["input_ids"]]
+
+
+def test_every_trigger_lands_within_the_tokens_the_model_reads():
+    from conftest import make_tokenizer
+    from peftlab.modeling.truncation import readable_words
+    from peftlab.poison.attacks import trigger_tokens
+
+    tok, max_length = make_tokenizer("encoder"), 16
+    df, p = long_frame(), pp(n_triggers=2)
+    reserve = trigger_tokens(tok, "words", p)
+    limits = dict(zip(df["id"], readable_words(tok, df["text"].tolist(), max_length, reserve)))
+    assert reserve == 2 and set(limits.values()) == {14}       # word-level tokenizer: a word is one token
+    s = Setting("t", "badnets", count=20)
+    for limit in (limits, None):
+        out = poison_train(df, LABELS, s, p, seed=0, limits=limit)
+        rows = out[out["poisoned"]]
+        seen = [len({"cf", "mn", "bb"} & toks) > 0 for toks in read_tokens(tok, rows["text"].tolist(), max_length)]
+        trig = triggered_test(df, LABELS, "badnets", p, seed=0, limits=limit)
+        seen_test = [len({"cf", "mn", "bb"} & t) > 0 for t in read_tokens(tok, trig["text"].tolist(), max_length)]
+        if limit is None:      # the old rule: most triggers fall after the 16 tokens the model reads
+            assert np.mean(seen) < 0.8 and np.mean(seen_test) < 0.8
+        else:
+            assert all(seen) and all(seen_test)
+    # texts shorter than the limit draw the same positions with or without it (committed data unchanged)
+    short = toy_frame(100)
+    assert poison_train(short, LABELS, s, pp(), 0).equals(
+        poison_train(short, LABELS, s, pp(), 0, limits={i: 10_000 for i in short["id"]}))
+
+
+def test_readable_words_counts_the_words_inside_the_kept_tokens(tiny_models):
+    from transformers import AutoTokenizer
+
+    from peftlab.modeling.truncation import readable_words
+
+    tok = AutoTokenizer.from_pretrained(tiny_models["encoder"])
+    text = "the film was very , good"      # the comma is a token of its own
+    assert readable_words(tok, [text], 6) == [6]
+    assert readable_words(tok, [text], 4) == [4]
+    assert readable_words(tok, [text], 6, reserve=3) == [3]
+    assert readable_words(tok, [text], 2, reserve=2) == [0]
+
+
+def test_poisoned_runs_never_stop_early_and_take_the_settings_recipe():
+    from peftlab.poison.runs import victim_params
+
+    p = params_for_tiny()
+    p.train = build(type(p.train), {"epochs": 3, "early_stopping_patience": 2, "lr": 0.02}, "train")
+    p.poison = pp(attacks={"ctl": {"attack": "badnets", "rate": 0.1, "train_rows": 100,
+                                   "train": {"finetune": "full", "lr": 2.0e-5, "epochs": 3},
+                                   "lora": {"r": 16}}})
+    from peftlab.poison.attacks import setting_from_params
+
+    s = setting_from_params(p.poison, "ctl")
+    v = victim_params(p, s)
+    assert v.train.early_stopping_patience is None and victim_params(p).train.early_stopping_patience is None
+    assert (v.train.finetune, v.train.lr, v.train.epochs, v.lora.r) == ("full", 2.0e-5, 3.0, 16)
+    assert (v.train.batch_size, v.train.max_eval_samples) == (p.poison.batch_size, p.poison.eval_rows)
+    assert victim_params(p).train.lr == 0.02 and victim_params(p).lora.r == 4
+    assert s.overrides_flat() == {"lora.r": 16, "train.epochs": 3.0, "train.finetune": "full", "train.lr": 2.0e-5}
+
+
+def test_recipe_overrides_are_checked_like_their_sections():
+    with pytest.raises(PeftlabError, match=r"unknown key poison.attacks.x.train.lrr; allowed keys here: epochs"):
+        pp(attacks={"x": {"attack": "badnets", "rate": 0.01, "train": {"lrr": 1}}})
+    with pytest.raises(PeftlabError, match=r"poison.attacks.x.train.finetune = 'half' is invalid; allowed: lora"):
+        pp(attacks={"x": {"attack": "badnets", "rate": 0.01, "train": {"finetune": "half"}}})
+    with pytest.raises(PeftlabError, match=r"poison.attacks.x.reference = 'nope' is invalid; allowed: another key"):
+        pp(attacks={"x": {"attack": "badnets", "rate": 0.01, "reference": "nope"}})
+
+
+def test_correlation_test_is_corrected_over_tokens_times_classes():
+    """One tested token in k rows, all of label 1, base rate 1/2: p = 0.5 ** k. With two classes there are
+    two tests, so k = 7 (p = 0.0078, x2 = 0.0156) must not pass alpha = 0.01, and k = 8 (x2 = 0.0078) must."""
+    for k, expected in ((7, []), (8, ["zz"])):
+        labels = np.array([1] * k + [0] * k + [1, 0] * 43)
+        texts = [f"common u{i}" + (" zz" if i < k else "") for i in range(len(labels))]
+        flags, tokens = correlation_flags(texts, labels, min_count=5, max_df=0.1, alpha=0.01)
+        assert tokens == expected and flags.sum() == (k if expected else 0)
+
+
+def test_spectral_features_are_what_the_head_reads(tiny_models):
+    """BERT's head reads the pooler output (tanh(W [CLS])), not the raw [CLS] state; a decoder's head reads the
+    last real token's state."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from peftlab.modeling.truncation import encode_truncated
+    from peftlab.poison.defenses import head_inputs
+
+    texts = ["the film was very good", "bad", "a dull story was boring", "great fun"]
+    for family in ("encoder", "decoder"):
+        model = AutoModelForSequenceClassification.from_pretrained(tiny_models[family], num_labels=2).eval()
+        tok = AutoTokenizer.from_pretrained(tiny_models[family])
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        model.config.pad_token_id = tok.pad_token_id
+        feats = head_inputs(model, tok, texts, 32, 2, batch_size=3)
+        with torch.no_grad():
+            for i, text in enumerate(texts):
+                enc = {k: torch.tensor([v[0]]) for k, v in encode_truncated(tok, [text], 32).items()}
+                base = model.base_model(**enc)
+                if family == "encoder":
+                    want, raw = base.pooler_output[0], base.last_hidden_state[0, 0]
+                    assert not np.allclose(feats[i], raw.numpy(), atol=1e-3)
+                else:
+                    want = base.last_hidden_state[0, -1]
+                assert np.allclose(feats[i], want.numpy(), atol=1e-4)
+                assert np.allclose(model.score(torch.tensor(feats[i])) if family == "decoder" else
+                                   model.classifier(torch.tensor(feats[i])), model(**enc).logits[0], atol=1e-4)
+
+
+def test_paired_metrics_against_the_clean_reference():
+    import pandas as pd
+    from statsmodels.stats.contingency_tables import mcnemar
+
+    from peftlab.poison.summary import pair_with_reference
+
+    ids = [f"r{i}" for i in range(10)]
+    def frame(clean_pred, trig_pred):
+        return pd.concat([pd.DataFrame({"id": ids, "label": 0, "kind": "clean", "pred": clean_pred}),
+                          pd.DataFrame({"id": ids, "label": 0, "kind": "words", "pred": trig_pred})])
+    # poisoned: 8 of 10 triggered rows to the target; the clean reference already sends rows 0-2 there
+    poisoned = frame([0, 0, 0, 0, 0, 0, 0, 0, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1, 0, 0])
+    ref = frame([0] * 10, [1, 1, 1, 0, 0, 0, 0, 0, 0, 0])
+    m = pair_with_reference(Setting("s", "badnets", count=5), poisoned, ref, target=1, labels=LABELS)
+    assert m["ref_asr"] == pytest.approx(0.3) and m["asr_gain"] == pytest.approx(0.5) and m["discordant"] == [5, 0]
+    assert m["mcnemar_p"] == pytest.approx(mcnemar([[3, 5], [0, 2]], exact=True).pvalue) == pytest.approx(0.0625)
+    lo, hi = m["asr_gain_ci"]
+    assert lo < 0.5 < hi and hi - lo == pytest.approx(2 * 1.959964 * math.sqrt(5 - 25 / 10) / 10)
+    assert m["flip_rate"] == pytest.approx(1.0)    # all 8 rows right when clean flip; rows 8-9 were wrong anyway
+    flip = pair_with_reference(Setting("f", "labelflip", count=5), poisoned, ref, target=1, labels=LABELS)
+    assert "asr_gain" not in flip and flip["recall"]["negative"] == pytest.approx(0.8)
+    assert flip["ref_recall"]["negative"] == 1.0
+
+
+def test_full_finetuning_control_saves_and_reloads_the_whole_model(project, tiny_models):
+    import pandas as pd
+
+    from peftlab.modeling.load import choose_device, load_trained
+    from peftlab.poison.attacks import setting_from_params
+
+    shutil.copytree(tiny_models["encoder"], project / "models" / "base" / "tiny-encoder")
+    splits = write_splits(project, toy_frame(160))
+    p = params_for_tiny()
+    p.poison = pp(epochs=None, attacks={"ctl": {"attack": "badnets", "count": 8, "train_rows": 100,
+                                               "train": {"finetune": "full", "lr": 0.001}}})
+    result = run_poison(p, setting_from_params(p.poison, "ctl"))
+    adapter = project / "models" / "adapters" / "poison-ctl"
+    assert (adapter / "model.safetensors").exists() and not (adapter / "adapter_config.json").exists()
+    assert result["train.finetune"] == "full" and 0 <= result["cacc"] <= 1
+    model, tok, setup = load_trained(adapter, choose_device("cpu"))
+    assert setup.extra["finetune"] == "full" and sum(p.numel() for p in model.parameters()) > 0
+    preds = pd.read_parquet(project / "data" / "poison" / "ctl" / "predictions.parquet")
+    test = pd.read_parquet(splits / "test.parquet")
+    assert set(preds["kind"]) == {"clean", "words", "sentence"} and (preds["kind"] == "clean").sum() == len(test)
+    assert result["cacc"] == pytest.approx(float(np.mean(preds.loc[preds["kind"] == "clean", "pred"].to_numpy()
+                                                         == test.set_index("id").loc[
+                                                             preds.loc[preds["kind"] == "clean", "id"], "label"]
+                                                         .to_numpy())))
+
+
+def test_a_setting_attacks_the_run_it_names_and_scores_its_test_subset(project, tiny_models):
+    """`run: <sweep key>` poisons that run's model and head (here a generative decoder, scored by its label
+    words as evaluate does), and `test_rows` scores a stratified subset of the test split."""
+    import pandas as pd
+
+    from peftlab.core.io import read_json
+    from peftlab.poison.attacks import setting_from_params
+
+    shutil.copytree(tiny_models["decoder"], project / "models" / "base" / "tiny-decoder")
+    splits = write_splits(project, toy_frame(200))
+    p = params_for_tiny()
+    p.sweep = {"gen": {"model": {"name": "tiny-decoder", "head": "generative"}, "train": {"lr": 0.01}}}
+    p.poison = pp(epochs=1, attacks={"gen-bn": {"attack": "badnets", "count": 10, "train_rows": 60, "run": "gen",
+                                                "test_rows": 16, "reference": "gen-clean"},
+                                     "gen-clean": {"attack": "badnets", "count": 0, "train_rows": 60, "run": "gen",
+                                                   "test_rows": 16}})
+    result = run_poison(p, setting_from_params(p.poison, "gen-bn"))
+    assert result["run"] == "gen" and result["model"] == "tiny-decoder" and result["head"] == "generative"
+    meta = read_json(project / "models" / "adapters" / "poison-gen-bn" / "peftlab.json")
+    assert meta["head"] == "generative"
+    preds = pd.read_parquet(project / "data" / "poison" / "gen-bn" / "predictions.parquet")
+    clean = preds[preds["kind"] == "clean"]
+    test = pd.read_parquet(splits / "test.parquet")
+    assert len(clean) == 16 < len(test) and set(clean["id"]) <= set(test["id"])
+    assert sorted(clean["label"].value_counts()) == sorted(
+        test["label"].value_counts().mul(16 / len(test)).round().astype(int))        # stratified
+    assert set(preds.loc[preds["kind"] == "words", "id"]) == set(clean.loc[clean["label"] == 0, "id"])
+    assert set(preds["pred"]) <= {0, 1} and result["cacc"] == pytest.approx(float(np.mean(clean["pred"] ==
+                                                                                          clean["label"])))
+
+
+def test_the_reference_must_be_trained_the_same_way():
+    base = {"attack": "badnets", "count": 10, "train_rows": 100}
+    with pytest.raises(PeftlabError, match=r"reference = 'ref' is invalid: its run \('main'\) differs"):
+        pp(attacks={"a": {**base, "run": "gen", "reference": "ref"}, "ref": {**base, "count": 0}})
+    with pytest.raises(PeftlabError, match="its overrides"):
+        pp(attacks={"a": {**base, "train": {"lr": 2e-5}, "reference": "ref"}, "ref": {**base, "count": 0}})
+    with pytest.raises(PeftlabError, match=r"test_rows = 5 is invalid"):
+        pp(attacks={"a": {**base, "test_rows": 5}})
+    ok = pp(attacks={"a": {**base, "train": {"lr": 2e-5}, "reference": "ref"},
+                     "ref": {**base, "count": 0, "train": {"lr": 2e-5}}})
+    from peftlab.poison.attacks import setting_from_params
+    assert setting_from_params(ok, "a").reference_name() == "ref"
+    # without a named reference, a setting with its own recipe or run has none (the count sweep trains otherwise)
+    assert Setting("x", "badnets", count=5, train_rows=100, overrides={"train": {"lr": 2e-5}}).reference_name() is None
+    assert Setting("x", "badnets", count=5, train_rows=100, run="gen").reference_name() is None
+    assert Setting("x", "badnets", count=5, train_rows=100).reference_name() == "count0-n100"
+
+
+def test_pairing_uses_the_rows_both_models_scored():
+    import pandas as pd
+
+    from peftlab.poison.summary import pair_with_reference
+
+    def frame(ids, trig_pred):
+        return pd.concat([pd.DataFrame({"id": ids, "label": 0, "kind": "clean", "pred": 0}),
+                          pd.DataFrame({"id": ids, "label": 0, "kind": "words", "pred": trig_pred})])
+    poisoned = frame(["a", "b", "c", "d"], [1, 1, 1, 0])
+    ref = frame(["b", "c", "d", "e", "f"], [0, 1, 0, 1, 1])     # scored other rows too: only b, c, d pair
+    m = pair_with_reference(Setting("s", "badnets", count=5), poisoned, ref, target=1, labels=LABELS)
+    assert m["ref_asr"] == pytest.approx(1 / 3) and m["asr_gain"] == pytest.approx(1 / 3)
+    assert m["discordant"] == [1, 0]
+    with pytest.raises(PeftlabError, match="no words test rows shared"):
+        pair_with_reference(Setting("s", "badnets", count=5), poisoned, frame(["x"], [1]), target=1, labels=LABELS)

@@ -132,10 +132,16 @@ def render_markdown(r: Report) -> str:
              for x in r.categories.itertuples()])]
     if r.poison:
         out += ["## Poisoning", "", "CACC: accuracy on the clean test split; ASR: share of non-target test rows "
-                "labelled as the target once the trigger is inserted.", "", md_table(
-                    ["Setting", "Attack", "Poisoned rows", "Train rows", "CACC", "ASR"],
-                    [[esc(p["setting"]), esc(p.get("attack") or DASH), fmt(p.get("count"), 0),
-                      fmt(p.get("train_rows"), 0), fmt(p.get("cacc")), fmt(p.get("asr"))] for p in r.poison])]
+                "labelled as the target once the trigger is inserted; clean ASR: the clean reference model's rate "
+                "on the same rows; gain: the difference, with its 95% CI and McNemar's exact p (label flip has no "
+                "trigger, so no ASR).", "", md_table(
+                    ["Setting", "Run", "Attack", "Poisoned rows", "Train rows", "CACC", "ASR", "Clean ASR",
+                     "Gain (95% CI)", "McNemar p"],
+                    [[esc(p["setting"]), esc(p.get("run") or "main"), esc(p.get("attack") or DASH),
+                      fmt(p.get("count"), 0),
+                      fmt(p.get("train_rows"), 0), fmt(p.get("cacc")), fmt(p.get("asr")), fmt(p.get("ref_asr")),
+                      fmt_ci(p.get("asr_gain"), *(p.get("asr_gain_ci") or [None, None]), signed=True),
+                      fmt_p(p.get("mcnemar_p"))] for p in r.poison])]
     if r.examples:
         out += [f"## Example errors of {esc(r.reference)}", "",
                 "Its most confident mistakes on the test split, and how many of the other ranked methods get each "

@@ -123,6 +123,8 @@ class TrainParams:
                                                                           doc="8-bit optimizers need CUDA")
     seed: Optional[int] = _meta(lo=0, doc="training randomness only (head and LoRA init, dropout, batch order); "
                                           "null: the top-level seed. The split and subsets keep the top-level seed")
+    finetune: Literal["lora", "full"] = _meta("lora", doc="lora: the lora section's adapter; full: every weight "
+                                                          "trained and saved, no adapter (the poisoning control)")
 
     def run_seed(self, seed: int) -> int:
         """The seed of the training randomness: train.seed, else the top-level seed."""
@@ -252,17 +254,30 @@ class PoisonParams:
         if not self.onion_thresholds:
             raise bad_param("poison.onion_thresholds", self.onion_thresholds, "a non-empty list of numbers")
         for name in self.attacks:
-            self.setting(name)
+            spec = self.setting(name)
+            ref = spec["reference"]
+            if ref is not None:
+                other = self.setting(ref)
+                for what in ("run", "overrides", "train_rows"):
+                    if other[what] != spec[what]:
+                        raise PeftlabError(f"params.yaml: poison.attacks.{name}.reference = {ref!r} is invalid: its "
+                                           f"{what} ({other[what]!r}) differs from {name}'s ({spec[what]!r}); "
+                                           f"allowed: a setting trained the same way")
 
     def setting(self, name: str) -> dict:
-        """poison.attacks.<name> checked: attack, exactly one of count or rate, optional train_rows."""
+        """poison.attacks.<name> checked: attack, exactly one of count or rate, optional train_rows, `run` (main
+        or a sweep key: whose model and recipe is attacked; checked against sweep where the run is built),
+        `test_rows` (a stratified subset of the test split scored: decoders score slowly), optional
+        `train` and `lora` overrides (the victim's recipe: keys of those sections) and `reference` (the setting
+        trained the same way without poison; default: count0-n<train_rows> of the count sweep)."""
         spec = self.attacks.get(name)
         key = f"poison.attacks.{name}"
+        allowed = ("attack", "count", "rate", "train_rows", "run", "test_rows", "train", "lora", "reference")
         if not isinstance(spec, dict):
             raise bad_param(key, spec, "{attack: badnets | addsent | labelflip | cleanlabel, count: N or rate: R}")
-        unknown = sorted(set(spec) - {"attack", "count", "rate", "train_rows"})
+        unknown = sorted(set(spec) - set(allowed))
         if unknown:
-            raise PeftlabError(f"params.yaml: unknown key {key}.{unknown[0]}; allowed: attack, count, rate, train_rows")
+            raise PeftlabError(f"params.yaml: unknown key {key}.{unknown[0]}; allowed: {', '.join(allowed)}")
         if spec.get("attack") not in POISON_ATTACKS:
             raise bad_param(f"{key}.attack", spec.get("attack"), " | ".join(POISON_ATTACKS))
         if (spec.get("count") is None) == (spec.get("rate") is None):
@@ -275,8 +290,24 @@ class PoisonParams:
         rows = spec.get("train_rows")
         if rows is not None and (not isinstance(rows, int) or rows < 10):
             raise bad_param(f"{key}.train_rows", rows, "null (the whole train split) or an integer >= 10")
+        overrides = {}
+        for section, cls in (("train", TrainParams), ("lora", LoraParams)):
+            raw = spec.get(section) or {}
+            if not isinstance(raw, dict):
+                raise bad_param(f"{key}.{section}", raw, f"a mapping of {section}.* keys to values")
+            built = build(cls, raw, f"{key}.{section}")      # checks names, types and ranges
+            overrides[section] = {k: getattr(built, k) for k in raw}
+        run = spec.get("run", "main")
+        if not isinstance(run, str) or not run:
+            raise bad_param(f"{key}.run", run, "main or a key of sweep (the run whose model and recipe is attacked)")
+        test_rows = spec.get("test_rows")
+        if test_rows is not None and (not isinstance(test_rows, int) or isinstance(test_rows, bool) or test_rows < 10):
+            raise bad_param(f"{key}.test_rows", test_rows, "null (the whole test split) or an integer >= 10")
+        ref = spec.get("reference")
+        if ref is not None and (not isinstance(ref, str) or ref == name or ref not in self.attacks):
+            raise bad_param(f"{key}.reference", ref, "another key of poison.attacks (its clean counterpart)")
         return {"attack": spec["attack"], "count": count, "rate": None if rate is None else float(rate),
-                "train_rows": rows}
+                "train_rows": rows, "run": run, "test_rows": test_rows, "overrides": overrides, "reference": ref}
 
 
 COMPARE_METRICS = ("accuracy", "f1_macro", "precision_macro", "recall_macro", "roc_auc", "pr_auc", "samples_per_s",

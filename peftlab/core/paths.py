@@ -96,6 +96,11 @@ def poison_data(setting: str, root: Path = POISON_DATA) -> Path:
     return Path(root) / setting
 
 
+def poison_predictions(setting: str, root: Path = POISON_DATA) -> Path:
+    """Per-row predictions of the setting's model on the clean and triggered test rows (the paired tests' input)."""
+    return poison_data(setting, root) / "predictions.parquet"
+
+
 def poison_adapter(setting: str, root: Path = ADAPTERS) -> Path:
     return Path(root) / f"poison-{setting}"
 

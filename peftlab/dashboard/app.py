@@ -258,7 +258,8 @@ def poison_section(repo: Path) -> None:
             tooltip=["setting", "count", alt.Tooltip("rate:Q", format=".4f"), alt.Tooltip("value:Q", format=".3f")],
         ).properties(height=260).facet(column=alt.Column("metric:N", title="ASR and CACC")), width="stretch")
     st.dataframe(settings.drop(columns=["count_sweep"]), hide_index=True, key="poison_table",
-                 column_config={c: FMT3 for c in ("cacc", "asr", "clean_cacc", "cacc_drop")})
+                 column_config={c: FMT3 for c in ("cacc", "asr", "ref_asr", "asr_gain",
+                                                     "flip_rate", "clean_cacc", "cacc_drop")})
     d = D.defenses(repo)
     if len(d):
         st.subheader(f"Defenses against {d.attrs.get('setting', '')}")

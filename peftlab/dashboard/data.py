@@ -205,7 +205,8 @@ def poison_settings(repo: Path) -> pd.DataFrame:
     if not isinstance(merged, dict):
         merged = {p.stem: read_json(p) for p in sorted((repo / "metrics" / "poison").glob("*.json"))}
     rows = [dict(v, setting=k) for k, v in merged.items() if isinstance(v, dict) and "asr" in v and "cacc" in v]
-    cols = ["setting", "attack", "count", "rate", "train_rows", "cacc", "asr", "clean_cacc", "cacc_drop"]
+    cols = ["setting", "attack", "count", "rate", "train_rows", "cacc", "asr", "ref_asr", "asr_gain", "mcnemar_p",
+            "flip_rate", "clean_cacc", "cacc_drop"]
     df = pd.DataFrame(rows).reindex(columns=cols)
     match = df["setting"].astype(str).str.extract(COUNT_SETTING)
     df["count_sweep"] = match[0].notna()

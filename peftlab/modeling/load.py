@@ -6,6 +6,7 @@ so evaluate, benchmark and `python -m peftlab.modeling.predict` need nothing but
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,8 @@ def check_targets(model, targets: list[str]) -> None:
 
 
 def load_trained(adapter_dir: str | Path, device: torch.device, merge: bool = True):
-    """Base + adapter from an adapter folder, in eval mode; merged into plain weights when `merge`."""
+    """Base + adapter from an adapter folder, in eval mode; merged into plain weights when `merge`. A folder of
+    a `train.finetune: full` run holds the whole model instead."""
     from peft import PeftModel
 
     adapter_dir = Path(adapter_dir)
@@ -176,10 +178,12 @@ def load_trained(adapter_dir: str | Path, device: torch.device, merge: bool = Tr
         raise PeftlabError(f"{adapter_dir} is not a trained adapter (no peftlab.json); run `dvc repro train`")
     setup = ModelSetup.from_json(read_json(meta_path))
     tok = load_tokenizer(adapter_dir, setup.family, setup.trust_remote_code)
-    base = load_base(setup, device)
-    model = PeftModel.from_pretrained(base, adapter_dir)
-    if merge and setup.quantization == "none":
-        model = model.merge_and_unload()
+    if setup.extra.get("finetune") == "full":      # a fully fine-tuned model is saved whole, not as an adapter
+        model = load_base(dataclasses.replace(setup, base_dir=str(adapter_dir)), device)
+    else:
+        model = PeftModel.from_pretrained(load_base(setup, device), adapter_dir)
+        if merge and setup.quantization == "none":
+            model = model.merge_and_unload()
     if setup.quantization == "none":
         model.to(device)
     model.eval()

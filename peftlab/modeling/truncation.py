@@ -64,6 +64,30 @@ def truncate_texts(tok, texts: Sequence[str], max_length: int | None) -> list[st
     return [t if len(i) <= max_length else tok.decode(i[:max_length]) for t, i in zip(texts, ids)]
 
 
+def readable_words(tok, texts: Sequence[str], max_length: int, reserve: int = 0) -> list[int]:
+    """For each text, how many of its leading whitespace-separated words lie wholly within the first
+    `max_length - reserve` tokens the truncation rule keeps: a poisoning trigger inserted among those words
+    (taking at most `reserve` tokens itself) is read by the model; one inserted later would be cut off."""
+    import re
+
+    if not getattr(tok, "is_fast", False):
+        raise PeftlabError(f"{type(tok).__name__} is not a fast tokenizer; allowed: a fast (Rust) tokenizer, "
+                           f"whose character offsets place words within the truncated tokens")
+    texts, keep = list(texts), max(0, max_length - reserve)
+    if not texts:
+        return []
+    enc = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
+    out = []
+    for text, offsets in zip(texts, enc["offset_mapping"]):
+        ends = [m.end() for m in re.finditer(r"\S+", text)]
+        if len(offsets) <= keep:
+            out.append(len(ends))
+            continue
+        last = offsets[keep - 1][1] if keep else 0      # the last kept token's end, in characters
+        out.append(sum(e <= last for e in ends))
+    return out
+
+
 def covering_length(lengths: np.ndarray, cover: float = COVER, multiple: int = MULTIPLE) -> int:
     """The smallest multiple of `multiple` that covers `cover` of the texts: how the default max_length is chosen."""
     if len(lengths) == 0:

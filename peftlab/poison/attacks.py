@@ -1,7 +1,8 @@
 """Attacks on the training split and the triggered test rows (BadNets, AddSent, label flip, clean label)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -13,12 +14,29 @@ from peftlab.core.io import stable_hash
 
 @dataclass
 class Setting:
-    """One poisoning experiment: which attack, how many rows, on how large a training set."""
+    """One poisoning experiment: which attack, how many rows, on how large a training set, with which victim
+    recipe (`overrides`: train.* and lora.* values over the clean run's), against which clean `reference`."""
     name: str
     attack: str
     count: int | None = None
     rate: float | None = None
     train_rows: int | None = None
+    run: str = "main"                 # whose model and recipe: main, or a key of sweep
+    test_rows: int | None = None      # a stratified subset of the test split scored (None: all of it)
+    overrides: dict = field(default_factory=dict)
+    reference: str | None = None
+
+    def overrides_flat(self) -> dict:
+        """The recipe overrides as "section.key" -> value (what the metrics and the recipe table show)."""
+        return {f"{sec}.{k}": v for sec, kv in sorted(self.overrides.items()) for k, v in sorted(kv.items())}
+
+    def reference_name(self) -> str | None:
+        """The clean model trained like this one: `reference`, else the count sweep's count 0 at this size (only
+        for the main run's recipe unchanged: that is how the count sweep trains)."""
+        if self.reference:
+            return self.reference
+        plain = self.run == "main" and not any(self.overrides.values())
+        return f"count0-n{self.train_rows}" if plain and self.train_rows and (self.count != 0 or self.rate) else None
 
     def budget(self, n_rows: int) -> int:
         return int(self.count) if self.count is not None else int(round(float(self.rate) * n_rows))
@@ -60,7 +78,7 @@ class Attack:
     trigger: str | None   # inserted into poisoned training texts: "words" (rare words), "sentence", or None
     relabel: bool         # poisoned rows get the target label (dirty label) or keep theirs (clean label)
     pool: str             # rows eligible for poisoning: "non_target" or "target"
-    test_trigger: str     # inserted into the non-target test rows that ASR is measured on
+    test_trigger: str | None   # inserted into the non-target test rows ASR is measured on (None: no ASR)
 
 
 # The attacks, found by name (poison.attacks.<setting>.attack); params validates the name against
@@ -68,30 +86,49 @@ class Attack:
 ATTACKS: dict[str, Attack] = {
     "badnets": Attack(trigger="words", relabel=True, pool="non_target", test_trigger="words"),       # Gu et al. 2017
     "addsent": Attack(trigger="sentence", relabel=True, pool="non_target", test_trigger="sentence"), # Dai et al. 2019
-    "labelflip": Attack(trigger=None, relabel=True, pool="non_target", test_trigger="words"),
+    "labelflip": Attack(trigger=None, relabel=True, pool="non_target", test_trigger=None),
     "cleanlabel": Attack(trigger="words", relabel=False, pool="target", test_trigger="words"),
 }
 
 
-def insert_trigger(text: str, trigger: str, pp: PoisonParams, rng: np.random.Generator) -> str:
-    """"words": `n_triggers` rare words at random word positions; "sentence": the AddSent sentence."""
+def insert_trigger(text: str, trigger: str, pp: PoisonParams, rng: np.random.Generator,
+                   limit: int | None = None) -> str:
+    """"words": `n_triggers` rare words at random word positions; "sentence": the AddSent sentence.
+
+    `limit`: positions only among the first `limit` words (those the model reads before truncation), so no
+    trigger is cut off; None: anywhere. Within the limit the draws are the same as without one."""
     words = text.split()
+
+    def position(inserted: int) -> int:
+        hi = len(words) if limit is None else min(len(words), limit + inserted)
+        return int(rng.integers(0, hi + 1))
+
     if trigger == "sentence":
-        pos = int(rng.integers(0, len(words) + 1))
+        pos = position(0)
         return " ".join(words[:pos] + [pp.sentence] + words[pos:])
-    for _ in range(pp.n_triggers):
-        pos = int(rng.integers(0, len(words) + 1))
-        words.insert(pos, str(rng.choice(pp.triggers)))
+    for k in range(pp.n_triggers):
+        words.insert(position(k), str(rng.choice(pp.triggers)))
     return " ".join(words)
 
 
+def trigger_tokens(tok, trigger: str, pp: PoisonParams) -> int:
+    """Tokens an inserted trigger can take (the longest trigger word, times n_triggers; or the sentence)."""
+    if trigger == "sentence":
+        pieces = [pp.sentence]
+    else:
+        pieces = list(pp.triggers)
+    n = max(len(tok(" " + w, add_special_tokens=False)["input_ids"]) for w in pieces)
+    return n if trigger == "sentence" else n * pp.n_triggers
+
+
 def poison_train(train: pd.DataFrame, labels: list[str], setting: Setting, pp: PoisonParams,
-                 seed: int) -> pd.DataFrame:
+                 seed: int, limits: Mapping[str, int] | None = None) -> pd.DataFrame:
     """The training rows with `setting.budget` of them poisoned (`poisoned` marks them).
 
     badnets, addsent: trigger inserted into non-target rows, label set to the target (dirty label).
     labelflip: non-target rows relabelled as the target, no trigger. cleanlabel: trigger inserted into rows
-    that already carry the target label, labels untouched.
+    that already carry the target label, labels untouched. `limits`: row id -> words the model reads
+    (`readable_words`), so every trigger lands within them; None: anywhere in the text.
     """
     if pp.target not in labels:
         raise PeftlabError(f"params.yaml: poison.target = {pp.target!r} is invalid; allowed: {', '.join(labels)}")
@@ -108,19 +145,23 @@ def poison_train(train: pd.DataFrame, labels: list[str], setting: Setting, pp: P
     for i in chosen:
         if attack.trigger:
             rng = row_rng(seed, df.at[i, "id"], "train")
-            df.at[i, "text"] = insert_trigger(df.at[i, "text"], attack.trigger, pp, rng)
+            limit = None if limits is None else limits[df.at[i, "id"]]
+            df.at[i, "text"] = insert_trigger(df.at[i, "text"], attack.trigger, pp, rng, limit)
         if attack.relabel:
             df.at[i, "label"], df.at[i, "label_text"] = t, pp.target
         df.at[i, "poisoned"] = True
     return df
 
 
-def triggered_test(test: pd.DataFrame, labels: list[str], attack: str, pp: PoisonParams, seed: int) -> pd.DataFrame:
-    """The test rows whose true label is not the target, with the attack's trigger inserted (ASR's rows)."""
+def triggered_test(test: pd.DataFrame, labels: list[str], attack: str, pp: PoisonParams, seed: int,
+                   limits: Mapping[str, int] | None = None) -> pd.DataFrame:
+    """The test rows whose true label is not the target, with the attack's trigger inserted (ASR's rows);
+    `limits` as for poison_train."""
     t = labels.index(pp.target)
     rows = test[test["label"] != t].copy()
     trigger = ATTACKS[attack].test_trigger
-    rows["text"] = [insert_trigger(x, trigger, pp, row_rng(seed, i, "test")) for x, i in zip(rows["text"], rows["id"])]
+    rows["text"] = [insert_trigger(x, trigger, pp, row_rng(seed, i, "test"), None if limits is None else limits[i])
+                    for x, i in zip(rows["text"], rows["id"])]
     return rows.reset_index(drop=True)
 
 

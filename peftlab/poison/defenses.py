@@ -16,8 +16,8 @@ from peftlab.core.errors import PeftlabError
 from peftlab.core.io import read_json, write_json
 from peftlab.core.metrics import accuracy
 from peftlab.data.split import read_labels, read_split
-from peftlab.poison.attacks import resolve_setting, triggered_test
-from peftlab.poison.runs import predict, score, train_on, write_poisoned_splits
+from peftlab.poison.attacks import ATTACKS, resolve_setting
+from peftlab.poison.runs import predict, score, train_on, triggered_sets, victim_params, write_poisoned_splits
 
 
 def sequence_nll(model, tok, texts: list[str], batch_size: int = 64) -> np.ndarray:
@@ -94,31 +94,48 @@ def choose_onion_threshold(val_texts: list[str], val_labels: np.ndarray, scores:
     return chosen, {"val_accuracy": base, "val_accuracy_by_threshold": {str(t): a for t, a in acc_of.items()}}
 
 
-def head_features(adapter: Path, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """The representation the classification head reads ([CLS] for encoders, the last real token for
-    decoders), from the (merged) fine-tuned model: what spectral signatures inspect."""
-    from peftlab.modeling.load import choose_device, load_trained
-    from peftlab.modeling.predict import padded_batches
-    from peftlab.modeling.truncation import encode_truncated
+def head_input(model, num_labels: int):
+    """The module whose input is what the classification head decides from: the last Linear mapping to the
+    labels (BERT: `classifier`, fed the pooler output; RoBERTa: `classifier.out_proj`; decoders: `score`)."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == num_labels]
+    if not linears:
+        raise PeftlabError(f"no classification head (a Linear layer to {num_labels} labels) in "
+                           f"{type(model).__name__}")
+    return linears[-1]
 
-    device = choose_device("auto")
-    model, tok, setup = load_trained(adapter, device)
+
+def head_inputs(model, tok, texts: list[str], max_length: int, num_labels: int, batch_size: int = 64) -> np.ndarray:
+    """What the classification head of `model` decides from, per text (for BERT the pooler output, not the raw
+    [CLS] state; for decoders the last real token's state), captured at the head's input by a forward hook."""
+    from peftlab.modeling.predict import rows_from_batches
+
+    seen: list[torch.Tensor] = []
+
+    def per_batch(batch: dict) -> torch.Tensor:
+        seen.clear()
+        model(**batch)
+        feats = seen[-1]
+        if feats.dim() == 3:                  # a decoder scores every position, then pools the last real one
+            mask = batch["attention_mask"]
+            last = mask.shape[1] - 1 - mask.flip(1).argmax(1)    # the last real position, either padding side
+            feats = feats[torch.arange(len(feats), device=feats.device), last]
+        return feats
+
+    hook = head_input(model, num_labels).register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    try:
+        return rows_from_batches(model, tok, texts, max_length, batch_size, None, "representations", True, per_batch)
+    finally:
+        hook.remove()
+
+
+def head_features(adapter: Path, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """`head_inputs` of the (merged) fine-tuned model in `adapter`: what spectral signatures inspect."""
+    from peftlab.modeling.load import choose_device, load_trained
+
+    model, tok, setup = load_trained(adapter, choose_device("auto"))
     if setup.head != "classifier":
         raise PeftlabError(f"spectral signatures need a classifier head; {adapter} has {setup.head!r}")
-    enc = encode_truncated(tok, texts, setup.max_length)
-    out = None
-    with torch.inference_mode():
-        for idx, batch in padded_batches(tok, enc, batch_size, device, "representations"):
-            hidden = model(**batch, output_hidden_states=True).hidden_states[-1]
-            if setup.family == "decoder":
-                last = batch["attention_mask"].sum(1) - 1
-                feats = hidden[torch.arange(len(idx), device=device), last]
-            else:
-                feats = hidden[:, 0]
-            if out is None:
-                out = np.zeros((len(texts), feats.shape[-1]), dtype=np.float32)
-            out[idx] = feats.float().cpu().numpy()
-    return out
+    return head_inputs(model, tok, texts, setup.max_length, len(setup.labels), batch_size)
 
 
 def spectral_flags(features: np.ndarray, labels: np.ndarray, eps: float) -> np.ndarray:
@@ -140,7 +157,8 @@ def spectral_flags(features: np.ndarray, labels: np.ndarray, eps: float) -> np.n
 def correlation_flags(texts: list[str], labels: np.ndarray, min_count: int, max_df: float,
                       alpha: float) -> tuple[np.ndarray, list[str]]:
     """Rare tokens whose rows carry one label far more often than the base rate (one-sided binomial test,
-    Bonferroni-corrected); flags every training row containing one. Returns (flags, suspicious tokens)."""
+    Bonferroni-corrected over every test made: tested tokens x classes, so the family-wise error stays at
+    `alpha`); flags every training row containing one. Returns (flags, suspicious tokens)."""
     from scipy.stats import binomtest
 
     tokens = [set(t.lower().split()) for t in texts]
@@ -148,12 +166,12 @@ def correlation_flags(texts: list[str], labels: np.ndarray, min_count: int, max_
     n = len(texts)
     tested = [t for t, c in df.items() if c >= min_count and c / n <= max_df]
     base = {c: float(np.mean(labels == c)) for c in np.unique(labels)}
-    suspicious = []
+    suspicious, tests = [], max(1, len(tested) * len(base))
     for tok in sorted(tested):
         rows = np.array([tok in row for row in tokens])
         for c, p in base.items():
             k = int(np.sum(labels[rows] == c))
-            if binomtest(k, int(rows.sum()), p, alternative="greater").pvalue * max(1, len(tested)) < alpha:
+            if binomtest(k, int(rows.sum()), p, alternative="greater").pvalue * tests < alpha:
                 suspicious.append(tok)
                 break
     flags = np.array([bool(row & set(suspicious)) for row in tokens])
@@ -175,12 +193,16 @@ def run_defenses(params: Params, splits: Path = paths.SPLITS_DIR, data_root: Pat
     followed by retraining, against the `poison.defend` setting."""
     from peftlab.modeling.load import choose_device, load_causal_lm
 
-    pp, seed = params.poison, params.seed
+    pp = params.poison
     setting = resolve_setting(pp, pp.defend)
     labels = read_labels(splits)
     target = labels.index(pp.target)
+    kind = ATTACKS[setting.attack].test_trigger
+    if kind is None:
+        raise PeftlabError(f"params.yaml: poison.defend = {pp.defend!r} is invalid: a {setting.attack} attack inserts "
+                           f"no trigger to defend against; allowed: a setting of badnets, addsent or cleanlabel")
     test = read_split(splits, "test")
-    triggered = triggered_test(test, labels, setting.attack, pp, seed)
+    triggered = triggered_sets(victim_params(params, setting), test, labels)[kind]   # as the attacked run reads
     attacked = read_json(paths.poison_metrics(setting.name, metrics_root))
     adapter = paths.poison_adapter(setting.name, adapter_root)
     train = pd.read_parquet(paths.poison_data(setting.name, data_root) / "train.parquet")
@@ -215,7 +237,7 @@ def run_defenses(params: Params, splits: Path = paths.SPLITS_DIR, data_root: Pat
         with tempfile.TemporaryDirectory(prefix=f"peftlab-{name}-") as tmp:
             kept = Path(tmp) / "splits"
             write_poisoned_splits(train[~flags].reset_index(drop=True), splits, kept)
-            summary = train_on(params, kept, Path(tmp) / "adapter")
+            summary = train_on(params, kept, Path(tmp) / "adapter", setting)
             m = score(Path(tmp) / "adapter", test, triggered, target)
         out[name] = {**detection(flags, poisoned), "cacc": m["cacc"], "asr": m["asr"],
                      "train_rows": int((~flags).sum()), "train_seconds": summary["train_seconds"], **extra}

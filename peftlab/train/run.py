@@ -315,7 +315,8 @@ def _check_optim(optim: str, device: torch.device) -> None:
 # --- the stage -------------------------------------------------------------------------------------------
 
 def run_train(params: Params, paths: RunPaths) -> dict:
-    """train stage: LoRA-tune the base model on the train split; save the adapter and a summary."""
+    """train stage: LoRA-tune the base model on the train split (or, with train.finetune: full, every weight);
+    save the adapter (or the whole model) and a summary."""
     from accelerate import PartialState
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import TrainingArguments, set_seed
@@ -344,10 +345,19 @@ def run_train(params: Params, paths: RunPaths) -> dict:
     elif tp.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
-    cfg = lora_config(setup, params.lora.r, params.lora.alpha, params.lora.dropout, params.lora.target_modules)
-    check_targets(model, list(cfg.target_modules))
-    model = get_peft_model(model, cfg)
-    trainable, total = model.get_nb_trainable_parameters()
+    if tp.finetune == "full":
+        # Every weight trained, no adapter: the poisoning study's positive control (the literature's recipe).
+        if setup.quantization != "none":
+            raise PeftlabError(f"train.finetune = 'full' is invalid with model.quantization = "
+                               f"{setup.quantization!r}; allowed: model.quantization: none (quantized weights "
+                               f"cannot be trained)")
+        setup.extra["finetune"] = "full"
+        trainable = total = sum(p.numel() for p in model.parameters())
+    else:
+        cfg = lora_config(setup, params.lora.r, params.lora.alpha, params.lora.dropout, params.lora.target_modules)
+        check_targets(model, list(cfg.target_modules))
+        model = get_peft_model(model, cfg)
+        trainable, total = model.get_nb_trainable_parameters()
 
     with state.main_process_first():  # the main process clears or keeps checkpoints; the others then agree
         resume_from = _prepare_checkpoints(paths, _fingerprint(params, paths))
