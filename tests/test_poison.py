@@ -418,3 +418,19 @@ def test_pairing_uses_the_rows_both_models_scored():
     assert m["discordant"] == [1, 0]
     with pytest.raises(PeftlabError, match="no words test rows shared"):
         pair_with_reference(Setting("s", "badnets", count=5), poisoned, frame(["x"], [1]), target=1, labels=LABELS)
+
+
+def test_smaller_training_sets_are_nested_in_the_larger(project, tiny_models):
+    """The count sweep's sizes draw one seeded permutation's first rows, so the 40-row set is inside the 80-row
+    set: a difference between sizes is the added rows, not a different draw."""
+    import pandas as pd
+
+    shutil.copytree(tiny_models["encoder"], project / "models" / "base" / "tiny-encoder")
+    write_splits(project, toy_frame(160))
+    p = params_for_tiny()
+    p.train = build(type(p.train), {"epochs": 1, "batch_size": 8, "report_to": ["none"], "min_steps": 0}, "train")
+    for size in (40, 80):
+        run_poison(p, count_setting(p.poison, 0, size))
+    small, large = (set(pd.read_parquet(project / "data" / "poison" / f"count0-n{n}" / "train.parquet")["id"])
+                    for n in (40, 80))
+    assert len(small) == 40 and len(large) == 80 and small < large
