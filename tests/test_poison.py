@@ -76,7 +76,7 @@ def test_too_large_a_budget_is_one_clear_error():
 
 def test_asr_rows_are_the_non_target_test_rows_only():
     test = toy_frame(100, seed=3)
-    trig = triggered_test(test, LABELS, "badnets", pp(), seed=0)
+    trig = triggered_test(test, LABELS, "words", pp(), seed=0)
     assert len(trig) == int((test["label"] == 0).sum()) and (trig["label"] == 0).all()
     assert set(trig["id"]) <= set(test.loc[test["label"] == 0, "id"])
     assert attack_success_rate(np.array([1, 1, 0, 1]), target=1) == 0.75
@@ -211,7 +211,7 @@ def test_every_trigger_lands_within_the_tokens_the_model_reads():
         out = poison_train(df, LABELS, s, p, seed=0, limits=limit)
         rows = out[out["poisoned"]]
         seen = [len({"cf", "mn", "bb"} & toks) > 0 for toks in read_tokens(tok, rows["text"].tolist(), max_length)]
-        trig = triggered_test(df, LABELS, "badnets", p, seed=0, limits=limit)
+        trig = triggered_test(df, LABELS, "words", p, seed=0, limits=limit)
         seen_test = [len({"cf", "mn", "bb"} & t) > 0 for t in read_tokens(tok, trig["text"].tolist(), max_length)]
         if limit is None:      # the old rule: most triggers fall after the 16 tokens the model reads
             assert np.mean(seen) < 0.8 and np.mean(seen_test) < 0.8

@@ -153,13 +153,12 @@ def poison_train(train: pd.DataFrame, labels: list[str], setting: Setting, pp: P
     return df
 
 
-def triggered_test(test: pd.DataFrame, labels: list[str], attack: str, pp: PoisonParams, seed: int,
+def triggered_test(test: pd.DataFrame, labels: list[str], trigger: str, pp: PoisonParams, seed: int,
                    limits: Mapping[str, int] | None = None) -> pd.DataFrame:
-    """The test rows whose true label is not the target, with the attack's trigger inserted (ASR's rows);
-    `limits` as for poison_train."""
+    """The test rows whose true label is not the target, with a `trigger` ("words" or "sentence", an attack's
+    `test_trigger`) inserted (ASR's rows); `limits` as for poison_train."""
     t = labels.index(pp.target)
     rows = test[test["label"] != t].copy()
-    trigger = ATTACKS[attack].test_trigger
     rows["text"] = [insert_trigger(x, trigger, pp, row_rng(seed, i, "test"), None if limits is None else limits[i])
                     for x, i in zip(rows["text"], rows["id"])]
     return rows.reset_index(drop=True)

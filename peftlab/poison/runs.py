@@ -92,8 +92,7 @@ TEST_TRIGGERS = ("words", "sentence")   # every run is scored with each, so any 
 
 def triggered_sets(params: Params, test: pd.DataFrame, labels: list[str]) -> dict[str, pd.DataFrame]:
     """Trigger kind -> the non-target test rows with that trigger inserted (within the tokens the model reads)."""
-    attack_of = {ATTACKS[a].test_trigger: a for a in ATTACKS if ATTACKS[a].test_trigger}
-    return {kind: triggered_test(test, labels, attack_of[kind], params.poison, params.seed,
+    return {kind: triggered_test(test, labels, kind, params.poison, params.seed,
                                  trigger_limits(params, test, kind)) for kind in TEST_TRIGGERS}
 
 
