@@ -149,7 +149,7 @@ class PromptParams:
 
 @dataclass
 class EvaluateParams:
-    batch_size: int = _meta(64, lo=1)
+    batch_size: int = _meta(32, lo=1)
     bootstrap: int = _meta(1000, lo=0, doc="bootstrap resamples for the 95% CIs (0: off)")
     merge_lora: bool = _meta(True, doc="merge the adapter into the weights for inference")
     test_sets: dict = _meta(factory=dict, doc="extra named test sets: name -> {split_by: ...} or {source|dataset: ...}")
@@ -168,7 +168,7 @@ class BaselineParams:
     llm: str = _meta("smollm2-135m-instruct", doc="a key of `models`: the zero-shot decoder")
     encoder: str = _meta("minilm-l6", doc="a key of `models`: frozen embeddings and encoder zero-shot")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    batch_size: int = _meta(32, lo=1)
+    batch_size: int = _meta(16, lo=1)
     max_length: int = _meta(128, lo=8, doc="review tokens for the encoder and the zero-shot LLM")
     select_rows: int = _meta(200, lo=10, doc="val rows (stratified sample) that choose the zero-shot variant")
     prompts: list[dict] = _meta(factory=lambda: [
