@@ -434,3 +434,39 @@ def test_smaller_training_sets_are_nested_in_the_larger(project, tiny_models):
     small, large = (set(pd.read_parquet(project / "data" / "poison" / f"count0-n{n}" / "train.parquet")["id"])
                     for n in (40, 80))
     assert len(small) == 40 and len(large) == 80 and small < large
+
+
+def test_a_collapsed_victim_is_reported_as_collapsed_not_as_a_backdoor(tmp_path, capsys):
+    """A victim that predicts the target for every row has ASR 1.0 and a large 'gain' over its reference; that
+    is a training failure (seen: addsent-1pct at lr 1e-3, batch 8, one seed), so the report must flag it."""
+    import pandas as pd
+
+    from peftlab.core.io import write_json
+    from peftlab.core.paths import defenses_metrics, poison_metrics, poison_predictions
+    from peftlab.poison.summary import summarize
+
+    params = pp(attacks={"a": {"attack": "badnets", "count": 2, "train_rows": 10}}, counts=[0], sizes=[10])
+    ids = [f"r{i}" for i in range(20)]
+    labels = [0] * 10 + [1] * 10
+
+    def save(name: str, clean_pred: list[int], trig_pred: list[int], count: int) -> None:
+        preds = pd.concat([pd.DataFrame({"id": ids, "label": labels, "kind": "clean", "pred": clean_pred}),
+                           pd.DataFrame({"id": ids[:10], "label": 0, "kind": "words", "pred": trig_pred})])
+        path = poison_predictions(name, tmp_path / "data")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        preds.to_parquet(path, index=False)
+        m = poison_metrics(name, tmp_path / "metrics")
+        m.parent.mkdir(parents=True, exist_ok=True)
+        write_json(m, {"attack": "badnets", "count": count, "rate": count / 10, "train_rows": 10,
+                       "cacc": float(np.mean(np.array(clean_pred) == labels)), "asr": float(np.mean(trig_pred))})
+
+    save("a", [1] * 20, [1] * 10, 2)                       # every row predicted positive
+    save("count0-n10", labels, [0] * 8 + [1] * 2, 0)        # the clean reference learned the task
+    write_json(defenses_metrics(tmp_path / "metrics"), {})
+    out = summarize(params, LABELS, tmp_path / "metrics", tmp_path / "data", tmp_path / "none.json",
+                    tmp_path / "poison.json", tmp_path / "plots")
+    assert out["a"]["collapsed"] is True and out["a"]["collapsed_class"] == "positive"
+    assert out["count0-n10"]["collapsed"] is False
+    printed = capsys.readouterr().out
+    line = next(line for line in printed.splitlines() if line.startswith("a "))
+    assert "COLLAPSED" in line and "gain" not in line

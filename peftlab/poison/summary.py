@@ -8,6 +8,8 @@ What each number means (one definition for every attack and family), from the sa
 - flip_rate: of the non-target rows the poisoned model gets right without the trigger, the share the trigger
   turns into the target (the backdoor's own effect, free of the rows the model already got wrong).
 Label flip inserts no trigger, so it gets no ASR: its effect is the CACC drop and the per-class recall.
+- collapsed: the victim predicts one class for >= 95% of the clean test rows (core.metrics.collapse): its ASR is
+  that class's share, not a backdoor, and the report says so instead of showing a gain.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from peftlab.config.params import PoisonParams
 from peftlab.core import paths
 from peftlab.core.errors import PeftlabError
 from peftlab.core.io import read_json, write_json
+from peftlab.core.metrics import collapse
 from peftlab.poison.attacks import ATTACKS, Setting, setting_from_params, sweep_settings
 
 Z95 = 1.959964   # two-sided 95% normal quantile
@@ -113,6 +116,9 @@ def summarize(pp: PoisonParams, labels: list[str], metrics_root: Path = paths.PO
             m["cacc_drop"] = None if clean is None else clean - m["cacc"]
         m["clean_cacc"] = clean
         m.update(pair_with_reference(s, preds[s.name], preds[ref] if ref else None, target, labels))
+        own = preds[s.name][preds[s.name]["kind"] == "clean"]
+        c = collapse(own["label"], own["pred"], labels)
+        m.update(collapsed=c["collapsed"], collapsed_class=c["collapsed_class"], pred_share=c["pred_share"])
     summary = {**results, "defenses": read_json(paths.defenses_metrics(metrics_root))}
     write_json(out, summary)
     rows = [{"size": s.train_rows, "count": results[s.name]["count"], "rate": results[s.name]["rate"],
@@ -121,7 +127,12 @@ def summarize(pp: PoisonParams, labels: list[str], metrics_root: Path = paths.PO
     plot_poison_sweep(rows, plots / "count_sweep.png", attack=pp.count_attack)
     for name, m in results.items():
         drop = "" if m["cacc_drop"] is None else f" (drop {m['cacc_drop'] * 100:+.1f} points)"
-        if m.get("asr") is None:
+        if m["collapsed"]:
+            # a training failure (lr, steps), not an attack result: an ASR gain here would be the class share
+            asr = "-" if m.get("asr") is None else f"{m['asr']:.3f}"
+            effect = (f"COLLAPSED: predicts {m['collapsed_class']!r} for {m['pred_share']:.1%} of the clean test "
+                      f"rows, so its ASR {asr} is that class's share, not a backdoor")
+        elif m.get("asr") is None:
             effect = "recall " + ", ".join(f"{k} {v:.3f}" for k, v in m["recall"].items())
         elif "asr_gain" in m:
             lo, hi = m["asr_gain_ci"]
