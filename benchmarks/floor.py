@@ -10,7 +10,8 @@ the training paths run `run_train` (the train stage) on a seeded subset of train
 The peak: `torch.matmul` fp32, (tokens x hidden) @ (hidden x out) for each linear layer shape of MiniLM-L6 and
 SmolLM2-135M, at tokens = one typical batch (32 reviews x ~28 tokens = 896 rows) and 2048, in both weight layouts
 (x @ W and x @ W.T, the one nn.Linear computes); best of several repeats after a warm-up; the peak is the max.
-The paths, each through the project's own code, on real rows, timed after a warm-up:
+The paths, each through the project's own code, on real rows, timed after a warm-up (inference paths: best
+of 3 calls, as the peak is a best of several; training paths: one run):
   a. MiniLM LoRA training       peftlab.train.run.run_train (main run's params), a fixed number of steps
   b. MiniLM scoring             peftlab.modeling.predict.predict_probs, base model with a fresh classifier head
   c. SmolLM2 zero-shot scoring  peftlab.modeling.predict.score_labels, the prompt + prefill the baseline chose
@@ -253,10 +254,16 @@ def training_work(ds, head: str, causal: bool) -> Work:
 
 # --- the paths --------------------------------------------------------------------------------------------
 
+# Inference paths: best of this many timed calls, as the peak is a best of --repeats (a single call on a shared
+# 2-core VM varied by ~10% from run to run); the training paths run once (200 steps already average over steps).
+PATH_REPEATS = 3
+
+
 def timed(fn: Callable[[], object], warmup: Callable[[], object], device: torch.device) -> float:
-    """Seconds of fn after one warm-up call, clocked as the benchmark stage clocks (device work synchronised)."""
+    """Best seconds of PATH_REPEATS calls of fn after one warm-up call, clocked as the benchmark stage clocks
+    (device work synchronised)."""
     warmup()
-    return timed_call(fn, device)[1]
+    return min(timed_call(fn, device)[1] for _ in range(PATH_REPEATS))
 
 
 def training_params(params: Params, device: str) -> Params:
