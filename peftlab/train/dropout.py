@@ -59,8 +59,9 @@ def attention_fast_dropout(module: torch.nn.Module, query: torch.Tensor, key: to
     `keep_scale`. Causal, grouped-query and non-CPU calls go to sdpa unchanged."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if (not dropout or query.device.type != "cpu" or kwargs.get("is_causal") or getattr(module, "is_causal", False)
-            or key.shape[1] != query.shape[1]):
+    # causal as sdpa_attention_forward decides it (the call's flag, else the module's, else causal)
+    causal = kwargs["is_causal"] if kwargs.get("is_causal") is not None else getattr(module, "is_causal", True)
+    if not dropout or query.device.type != "cpu" or causal or key.shape[1] != query.shape[1]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     scores = torch.matmul(query, key.transpose(-1, -2)) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
