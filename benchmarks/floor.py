@@ -56,7 +56,7 @@ from peftlab.modeling.load import (  # noqa: E402
 )
 from peftlab.modeling.predict import label_token_ids, predict_probs, score_labels, shared_prefix  # noqa: E402
 from peftlab.modeling.truncation import encode_truncated  # noqa: E402
-from peftlab.train.run import features, model_setup, run_train  # noqa: E402
+from peftlab.train.run import features, model_setup, run_train, steps_per_epoch  # noqa: E402
 
 if TYPE_CHECKING:
     from peft import LoraConfig
@@ -358,7 +358,11 @@ def main() -> None:
     # batches, so 30 steps (960 rows) pad 19% more tokens than they hold, 200 steps 2.7%, as the stage's 10,201 rows
     # (2.8%); a shorter run would charge the path with padding the stage does not do
     ap.add_argument("--train-steps", type=int, default=200, help="a: optimiser steps at train.batch_size")
-    ap.add_argument("--gen-steps", type=int, default=4, help="d: optimiser steps at train.batch_size")
+    # d: as long as the stage's own run (the Trainer's fixed cost, final validation and save, weighs on a short run
+    # as it does in the stage: 4 steps charged it ~30% of the time)
+    ap.add_argument("--gen-steps", type=int, default=None,
+                    help="d: optimiser steps at train.batch_size (default: one epoch of the generative run's "
+                         "max_train_samples, as the stage trains: 13 for the default)")
     ap.add_argument("--encoder-rows", type=int, default=512, help="b: stratified test reviews")
     ap.add_argument("--llm-rows", type=int, default=128, help="c, e: stratified test reviews")
     ap.add_argument("--repeats", type=int, default=5, help="peak: timed repeats per shape (best counts)")
@@ -381,6 +385,9 @@ def main() -> None:
     llm_texts = stratified_sample(test, args.llm_rows, params.seed)["text"].tolist()
     main_run = dataclasses.replace(params, train=dataclasses.replace(params.train, batch_size=batch))
     gen_name, gen_run = sweep_run(main_run, "generative", args.generative_run)
+    if args.gen_steps is None:
+        args.gen_steps = steps_per_epoch(gen_run.train.max_train_samples or len(read_split(paths.SPLITS_DIR, "train")),
+                                         batch)
     cls_name, cls_run = sweep_run(params, "classifier", args.classifier_run)
     if model_setup(params, labels).family != "encoder":
         raise SystemExit(f"error: model.name = {params.model.name!r} is not an encoder; paths a and b time the "

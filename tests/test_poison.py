@@ -20,6 +20,9 @@ from peftlab.poison.defenses import (
     onion_scores,
     sequence_nll,
     spectral_flags,
+    strip_decide,
+    strip_defense,
+    strip_perturb,
 )
 from peftlab.poison.runs import run_poison
 
@@ -470,3 +473,80 @@ def test_a_collapsed_victim_is_reported_as_collapsed_not_as_a_backdoor(tmp_path,
     printed = capsys.readouterr().out
     line = next(line for line in printed.splitlines() if line.startswith("a "))
     assert "COLLAPSED" in line and "gain" not in line
+
+
+def test_strip_perturbs_a_fixed_share_of_words_from_the_donor_by_seed():
+    text = "w0 w1 w2 w3 w4 w5 w6 w7 w8 w9"
+    donor = "d0 d1 d2"
+    a = strip_perturb(text, donor, 0.5, np.random.default_rng(3))
+    assert a == strip_perturb(text, donor, 0.5, np.random.default_rng(3))
+    assert a != strip_perturb(text, donor, 0.5, np.random.default_rng(4))
+    words = a.split()
+    assert len(words) == 10 and sum(w.startswith("d") for w in words) == 5      # 5 of 10 replaced, none added
+    assert all(w == f"w{i}" for i, w in enumerate(words) if w.startswith("w"))   # the rest stay in place
+    assert strip_perturb("one", donor, 0.4, np.random.default_rng(0)) == "one"   # round(0.4) = 0 words
+
+
+def test_strip_rule_rejects_low_entropy_inputs_and_scores_what_is_left():
+    """The threshold is the frr quantile of clean val entropy; rejected clean rows count as wrong and rejected
+    triggered rows as no attack."""
+    val = np.linspace(0.0, 1.0, 101)                       # 5% quantile: 0.05
+    clean = np.array([0.02, 0.5, 0.6, 0.7])                # one clean row under it: a false rejection
+    trig = np.array([0.01, 0.03, 0.04, 0.9])               # three caught, one passes
+    out = strip_decide(val, clean, trig, clean_correct=np.array([True, True, False, True]),
+                       triggered_target=np.array([True, True, True, True]), frr=0.05)
+    assert out["threshold"] == pytest.approx(0.05)
+    assert out["recall"] == 0.75 and out["false_rejection"] == 0.25 and out["precision"] == 0.75
+    assert out["asr_before"] == 1.0 and out["asr"] == 0.25       # only the row that passed still attacks
+    assert out["cacc_before"] == 0.75 and out["cacc"] == 0.5     # the rejected correct row is lost
+    lo, hi = out["recall_ci"]
+    assert 0.0 < lo < 0.75 < hi <= 1.0
+
+
+def test_strip_runs_on_a_real_victim_and_separates_a_planted_trigger(project, tiny_models):
+    """A tiny encoder backdoored at 30% (trigger "cf"): its triggered inputs keep lower entropy over perturbed
+    copies than clean inputs, and the defense's figures agree with each other."""
+    import pandas as pd
+
+    shutil.copytree(tiny_models["encoder"], project / "models" / "base" / "tiny-encoder")
+    splits = write_splits(project, toy_frame(400))
+    p = params_for_tiny()
+    p.train = build(type(p.train), {"epochs": 6, "lr": 0.02, "batch_size": 8, "report_to": ["none"]}, "train")
+    p.poison = pp(epochs=None, triggers=["cf"])
+    result = run_poison(p, count_setting(p.poison, 60, 200))
+    assert result["asr"] > 0.8                                   # the backdoor is there to be found
+    adapter = project / "models" / "adapters" / "poison-count60-n200"
+    val, test = pd.read_parquet(splits / "val.parquet"), pd.read_parquet(splits / "test.parquet")
+    trig = triggered_test(test, LABELS, "words", p.poison, 0, None)
+    out = strip_defense(adapter, val, val["text"].tolist(), test, trig, target=1, repeats=4, swap=0.5, frr=0.1,
+                        seed=0)
+    m = out["mean_entropy"]
+    assert m["triggered"] < m["clean"]
+    assert out["recall"] > out["false_rejection"]
+    assert out["asr"] <= out["asr_before"] and out["cacc"] <= out["cacc_before"]
+    assert out["rows"] == len(test) and out["triggered_rows"] == len(trig) and out["repeats"] == 4
+
+
+def test_the_defend_stage_reports_every_defense_on_a_real_victim(project, tiny_models):
+    """poison_defend end to end on tiny real models: ONION (a tiny decoder as its LM), STRIP, and the two
+    training-set filters with their retraining, each with the figures the report reads."""
+    from peftlab.core.io import read_json
+    from peftlab.poison.defenses import run_defenses
+
+    shutil.copytree(tiny_models["encoder"], project / "models" / "base" / "tiny-encoder")
+    shutil.copytree(tiny_models["decoder"], project / "models" / "base" / "tiny-decoder")
+    write_splits(project, toy_frame(300))
+    p = params_for_tiny()
+    p.poison = pp(epochs=None, defend="count20-n150", onion_lm="tiny-decoder", onion_rows=10, strip_rows=20,
+                  strip_repeats=3, counts=[20], sizes=[150])
+    run_poison(p, count_setting(p.poison, 20, 150))
+    out = run_defenses(p)
+    assert out == read_json(project / "metrics" / "poison" / "defenses.json")
+    assert out["onion"]["rows"] == 10 and out["strip"]["rows"] == 20 and out["strip"]["repeats"] == 3
+    for name in ("onion", "strip", "spectral", "correlation"):
+        assert 0.0 <= out[name]["cacc"] <= 1.0 and 0.0 <= out[name]["asr"] <= 1.0, name
+    for name in ("spectral", "correlation"):
+        assert out[name]["train_rows"] == 150 - out[name]["flagged"]
+    s = out["strip"]
+    assert s["asr"] <= s["asr_before"] and s["cacc"] <= s["cacc_before"]
+    assert s["recall_ci"][0] <= s["recall"] <= s["recall_ci"][1]

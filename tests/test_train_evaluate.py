@@ -144,3 +144,40 @@ def test_fast_validation_matches_the_trainer_eval_loop(project, tiny_models, wei
     assert abs(fast_m["eval_loss"] - exact) < 1e-5
     assert abs(fast_m["eval_loss"] - loop["eval_loss"]) < (1e-5 if weights is None else 1e-3)
     assert 0.2 < loop["eval_accuracy"] < 0.9      # an untrained head: not a degenerate all-one-class case either
+
+
+def test_answer_loss_reads_only_the_answer_positions_and_equals_the_models_own_loss(tiny_models):
+    """The generative loss gathers the positions that predict an answer token (a different count per row, left
+    padding) and gives the loss and gradients of the model's full-vocabulary loss over every position."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from peftlab.train.run import trainer_class
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["decoder"]).train()
+    vocab = model.config.vocab_size
+    ids = torch.randint(3, vocab, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1, :4] = 0                                    # left padding
+    mask[2, :7] = 0
+    labels = torch.full_like(ids, -100)
+    for row, n in enumerate((1, 3, 2)):                # answers of 1, 3 and 2 tokens end each row
+        labels[row, -n:] = ids[row, -n:]
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    trainer = trainer_class("generative").__new__(trainer_class("generative"))   # compute_loss reads no state
+    ours = trainer.compute_loss(model, {"input_ids": ids, "attention_mask": mask, "labels": labels.clone()})
+    ours.backward()
+    ours_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    ref = model(input_ids=ids, attention_mask=mask, position_ids=position_ids, labels=labels).loss
+    ref.backward()
+    assert abs(ours.item() - ref.item()) < 1e-6
+    for mine, theirs in zip(ours_grads, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-6)
+    # the LM head ran on the 6 answer-predicting positions only
+    seen = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape)))
+    trainer.compute_loss(model, {"input_ids": ids, "attention_mask": mask, "labels": labels.clone()})
+    hook.remove()
+    assert seen == [(6, model.config.hidden_size)]

@@ -236,6 +236,11 @@ class PoisonParams:
                                           doc="candidates: drop a word when removing it lowers perplexity by more")
     onion_max_val_drop: float = _meta(0.02, lo=0.0, hi=1.0, doc="the lowest threshold costing at most this much "
                                                                     "clean val accuracy is used")
+    strip_rows: int = _meta(200, lo=10, doc="STRIP: clean val, clean test and triggered test rows (each)")
+    strip_repeats: int = _meta(5, lo=1, doc="STRIP: perturbed copies per input")
+    strip_swap: float = _meta(0.5, lo=0.0, hi=1.0, lo_open=True, doc="STRIP: share of an input's words replaced")
+    strip_frr: float = _meta(0.05, lo=0.0, hi=1.0, lo_open=True, hi_open=True,
+                             doc="STRIP: share of clean val inputs the threshold rejects")
     spectral_eps: float = _meta(0.1, lo=0.0, hi=0.5, lo_open=True, doc="assumed upper bound of the poison rate")
     correlation_min_count: int = _meta(5, lo=2, doc="a token needs this many training rows to be tested")
     correlation_max_df: float = _meta(0.05, lo=0.0, hi=1.0, lo_open=True, doc="rare: in at most this share of rows")

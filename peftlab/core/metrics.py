@@ -29,6 +29,18 @@ def bootstrap_ci(y: np.ndarray, pred: np.ndarray, statistic, n_resamples: int, s
     return [float(res.confidence_interval.low), float(res.confidence_interval.high)]
 
 
+def proportion_ci(successes: int, n: int) -> list[float] | None:
+    """Wilson 95% CI of a proportion (statsmodels): unlike the normal approximation it stays inside [0, 1] and
+    is not zero-width at 0 or n successes, which detection rates near 0 or 1 on a few hundred rows hit."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    if n <= 0:
+        return None
+    lo, hi = proportion_confint(int(successes), int(n), alpha=0.05, method="wilson")
+    # exact at the ends: statsmodels gives ~1e-17 for the lower bound of 0 of n, which is 0
+    return [0.0 if successes == 0 else float(lo), 1.0 if successes == n else float(hi)]
+
+
 def accuracy(y, pred) -> float:
     return float(np.mean(np.asarray(y) == np.asarray(pred)))
 

@@ -1,4 +1,5 @@
-"""Defenses against the poisoned runs: ONION, spectral signatures, the token-label correlation filter."""
+"""Defenses against the poisoned runs: ONION and STRIP at test time, spectral signatures and the token-label
+correlation filter on the training set."""
 from __future__ import annotations
 
 import math
@@ -14,10 +15,18 @@ from peftlab.config.params import Params
 from peftlab.core import paths
 from peftlab.core.errors import PeftlabError
 from peftlab.core.io import read_json, write_json
-from peftlab.core.metrics import accuracy
-from peftlab.data.split import read_labels, read_split
+from peftlab.core.metrics import accuracy, proportion_ci
+from peftlab.data.split import read_labels, read_split, stratified_sample
 from peftlab.poison.attacks import ATTACKS, resolve_setting
-from peftlab.poison.runs import predict, score, train_on, triggered_sets, victim_params, write_poisoned_splits
+from peftlab.poison.runs import (
+    predict,
+    predict_proba,
+    score,
+    train_on,
+    triggered_sets,
+    victim_params,
+    write_poisoned_splits,
+)
 
 
 def sequence_nll(model, tok, texts: list[str], batch_size: int = 64) -> np.ndarray:
@@ -178,6 +187,72 @@ def correlation_flags(texts: list[str], labels: np.ndarray, min_count: int, max_
     return flags, suspicious
 
 
+def strip_perturb(text: str, donor: str, swap: float, rng: np.random.Generator) -> str:
+    """One STRIP copy of `text`: round(swap x its words) word positions, drawn without replacement, take the
+    words of a clean donor text in order (from a random start, cycled)."""
+    words, donor_words = text.split(), donor.split()
+    m = int(round(len(words) * swap))
+    if m == 0 or not donor_words:
+        return text
+    start = int(rng.integers(len(donor_words)))
+    for i, j in enumerate(np.sort(rng.choice(len(words), size=m, replace=False))):
+        words[j] = donor_words[(start + i) % len(donor_words)]
+    return " ".join(words)
+
+
+def strip_copies(texts: list[str], donors: list[str], repeats: int, swap: float, seed: int) -> list[str]:
+    """`repeats` perturbed copies of each text, text by text, each with its own random clean donor."""
+    rng = np.random.default_rng(seed)
+    return [strip_perturb(t, donors[int(rng.integers(len(donors)))], swap, rng) for t in texts for _ in range(repeats)]
+
+
+def strip_entropy(probs: np.ndarray, repeats: int) -> np.ndarray:
+    """Per input, the mean entropy (nats) of the victim's distribution over its `repeats` copies (rows of
+    `probs` in strip_copies' order)."""
+    h = -(probs * np.log(np.clip(probs, 1e-12, 1.0))).sum(axis=1)
+    return h.reshape(-1, repeats).mean(axis=1)
+
+
+def strip_decide(val_entropy: np.ndarray, clean_entropy: np.ndarray, triggered_entropy: np.ndarray,
+                 clean_correct: np.ndarray, triggered_target: np.ndarray, frr: float) -> dict:
+    """STRIP's rule and what it does to the victim: the threshold is the `frr` quantile of clean val inputs'
+    entropy (so about that share of clean inputs is rejected); a test input below it is flagged and rejected.
+    After the filter, a rejected clean input counts as wrong and a rejected triggered input as no attack."""
+    threshold = float(np.quantile(val_entropy, frr))
+    flag_c, flag_t = clean_entropy < threshold, triggered_entropy < threshold
+    nc, nt = len(clean_entropy), len(triggered_entropy)
+    caught, false = int(flag_t.sum()), int(flag_c.sum())
+    asr_after = int((triggered_target & ~flag_t).sum())
+    cacc_after = int((clean_correct & ~flag_c).sum())
+    return {"threshold": threshold,
+            "recall": caught / nt, "recall_ci": proportion_ci(caught, nt),
+            "false_rejection": false / nc, "false_rejection_ci": proportion_ci(false, nc),
+            "precision": caught / (caught + false) if caught + false else 0.0,
+            "cacc_before": float(clean_correct.mean()), "asr_before": float(triggered_target.mean()),
+            "cacc": cacc_after / nc, "cacc_ci": proportion_ci(cacc_after, nc),
+            "asr": asr_after / nt, "asr_ci": proportion_ci(asr_after, nt)}
+
+
+def strip_defense(adapter: Path, val: pd.DataFrame, donors: list[str], clean: pd.DataFrame,
+                  triggered: pd.DataFrame, target: int, repeats: int, swap: float, frr: float, seed: int) -> dict:
+    """STRIP (Gao et al. 2019; the text form of OpenBackdoor's defender): a trigger that decides the class
+    survives most perturbations, so a triggered input's predictions stay confident (low entropy) over
+    perturbed copies while a clean input's waver. Needs only the victim model and clean held-out text: the
+    threshold comes from clean val inputs, the perturbing words from other clean val rows (never test)."""
+    texts = val["text"].tolist() + clean["text"].tolist() + triggered["text"].tolist()
+    originals = clean["text"].tolist() + triggered["text"].tolist()
+    probs = predict_proba(adapter, originals + strip_copies(texts, donors, repeats, swap, seed))
+    pred = probs[: len(originals)].argmax(1)
+    entropy = strip_entropy(probs[len(originals):], repeats)
+    nv, nc = len(val), len(clean)
+    out = strip_decide(entropy[:nv], entropy[nv:nv + nc], entropy[nv + nc:],
+                       pred[:nc] == clean["label"].to_numpy(), pred[nc:] == target, frr)
+    return {"rows": int(nc), "triggered_rows": int(len(triggered)), "val_rows": int(nv), "repeats": repeats,
+            "swap": swap, "frr": frr, **out,
+            "mean_entropy": {"val": float(entropy[:nv].mean()), "clean": float(entropy[nv:nv + nc].mean()),
+                             "triggered": float(entropy[nv + nc:].mean())}}
+
+
 def detection(flags: np.ndarray, poisoned: np.ndarray) -> dict:
     from sklearn.metrics import precision_score, recall_score
 
@@ -228,6 +303,15 @@ def run_defenses(params: Params, splits: Path = paths.SPLITS_DIR, data_root: Pat
                     "cacc_before": before["cacc"], "asr_before": before["asr"],
                     "cacc": after["cacc"], "asr": after["asr"]}
 
+    # STRIP: stratified clean val rows set the threshold, the remaining val rows give the perturbing words
+    n = pp.strip_rows
+    val_all = read_split(splits, "val")
+    strip_val = stratified_sample(val_all, n, params.seed)
+    donors = val_all[~val_all["id"].isin(strip_val["id"])]["text"].tolist()
+    out["strip"] = strip_defense(adapter, strip_val, donors, stratified_sample(test, n, params.seed),
+                                 triggered.sample(n=min(n, len(triggered)), random_state=params.seed), target,
+                                 pp.strip_repeats, pp.strip_swap, pp.strip_frr, params.seed)
+
     # training-set filters, each followed by retraining on the rows it keeps
     y, poisoned = train["label"].to_numpy(), train["poisoned"].to_numpy()
     spectral = spectral_flags(head_features(adapter, train["text"].tolist()), y, pp.spectral_eps)
@@ -242,7 +326,7 @@ def run_defenses(params: Params, splits: Path = paths.SPLITS_DIR, data_root: Pat
         out[name] = {**detection(flags, poisoned), "cacc": m["cacc"], "asr": m["asr"],
                      "train_rows": int((~flags).sum()), "train_seconds": summary["train_seconds"], **extra}
     write_json(paths.defenses_metrics(metrics_root), out)
-    for name in ("onion", "spectral", "correlation"):
+    for name in ("onion", "strip", "spectral", "correlation"):
         d = out[name]
         pr = f", precision {d['precision']:.3f} recall {d['recall']:.3f}" if "precision" in d else ""
         print(f"defense {name}: CACC {d['cacc']:.4f}, ASR {d['asr']:.4f}{pr}")

@@ -64,13 +64,18 @@ def train_on(params: Params, splits: Path, adapter: Path, setting: Setting | Non
         return run_train(victim_params(params, setting), run)
 
 
-def predict(adapter: Path, texts: list[str], batch_size: int = 64) -> np.ndarray:
+def predict_proba(adapter: Path, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    """The trained run's class probabilities, (rows, classes), as evaluate computes them."""
     from peftlab.modeling.load import choose_device, load_trained
     from peftlab.modeling.predict import predict_probs
 
     device = choose_device("auto")
     model, tok, setup = load_trained(adapter, device)
-    return predict_probs(model, tok, setup, texts, batch_size, device, progress=False).argmax(1)
+    return predict_probs(model, tok, setup, texts, batch_size, device, progress=False)
+
+
+def predict(adapter: Path, texts: list[str], batch_size: int = 64) -> np.ndarray:
+    return predict_proba(adapter, texts, batch_size).argmax(1)
 
 
 def trigger_limits(params: Params, frame: pd.DataFrame, trigger: str | None) -> dict[str, int] | None:
