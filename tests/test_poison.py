@@ -467,8 +467,9 @@ def test_a_collapsed_victim_is_reported_as_collapsed_not_as_a_backdoor(tmp_path,
     save("count0-n10", labels, [0] * 8 + [1] * 2, 0)        # the clean reference learned the task
     write_json(defenses_metrics(tmp_path / "metrics"), {})
     out = summarize(params, LABELS, tmp_path / "metrics", tmp_path / "data", tmp_path / "none.json",
-                    tmp_path / "poison.json", tmp_path / "plots")
+                    tmp_path / "poison.json", tmp_path / "plots", tmp_path / "study.md")
     assert out["a"]["collapsed"] is True and out["a"]["collapsed_class"] == "positive"
+    assert out["seeds"] == {} and "No seed replicates" in (tmp_path / "study.md").read_text()
     assert out["count0-n10"]["collapsed"] is False
     printed = capsys.readouterr().out
     line = next(line for line in printed.splitlines() if line.startswith("a "))
@@ -550,3 +551,110 @@ def test_the_defend_stage_reports_every_defense_on_a_real_victim(project, tiny_m
     s = out["strip"]
     assert s["asr"] <= s["asr_before"] and s["cacc"] <= s["cacc_before"]
     assert s["recall_ci"][0] <= s["recall"] <= s["recall_ci"][1]
+
+
+def test_seed_replicates_are_pooled_with_a_cmh_test_and_a_t_interval():
+    """Settings that differ only in train.seed are one experiment's replicates: mean ASR gain with a t interval
+    over the seeds, the Cochran-Mantel-Haenszel test across them, Holm over the groups; a collapsed victim and a
+    setting without replicates are left out."""
+    import pandas as pd
+    from scipy import stats
+    from statsmodels.stats.contingency_tables import StratifiedTable
+
+    from peftlab.poison.summary import across_seeds, study_report
+    from peftlab.report.format import DASH
+
+    ids = [f"r{i}" for i in range(20)]
+
+    def frame(hits: int) -> pd.DataFrame:
+        return pd.DataFrame({"id": ids, "label": 0, "kind": "words", "pred": [1] * hits + [0] * (20 - hits)})
+
+    settings, preds = [], {}
+    for seed, (hits, ref_hits) in zip((1, 2, 3), ((15, 4), (12, 5), (18, 3))):
+        settings.append(Setting(f"bn-s{seed}", "badnets", count=20, train_rows=100, overrides={"train": {"seed": seed}},
+                                reference=f"clean-s{seed}"))
+        settings.append(Setting(f"clean-s{seed}", "badnets", count=0, train_rows=100,
+                                overrides={"train": {"seed": seed}}))
+        preds[f"bn-s{seed}"], preds[f"clean-s{seed}"] = frame(hits), frame(ref_hits)
+    settings.append(Setting("other", "badnets", count=5, train_rows=100, reference="clean-s1"))   # no replicate
+    preds["other"] = frame(6)
+    out = across_seeds(settings, preds, target=1, collapsed={})
+    assert list(out) == ["bn-s1"]
+    g = out["bn-s1"]
+    assert g["settings"] == ["bn-s1", "bn-s2", "bn-s3"] and g["seeds"] == [1, 2, 3]
+    gains = np.array([11, 7, 15]) / 20
+    assert g["gain_mean"] == pytest.approx(gains.mean())
+    half = stats.t.ppf(0.975, 2) * gains.std(ddof=1) / math.sqrt(3)
+    assert g["gain_ci"] == pytest.approx([gains.mean() - half, gains.mean() + half])
+    ref = StratifiedTable([np.array([[h, 20 - h], [r, 20 - r]], float) for h, r in ((15, 4), (12, 5), (18, 3))])
+    assert g["cmh_p"] == pytest.approx(ref.test_null_odds(correction=True).pvalue) and g["cmh_p"] < 1e-4
+    assert g["cmh_p_holm"] == pytest.approx(g["cmh_p"])          # one group: Holm changes nothing
+    # a collapsed victim is no replicate: two seeds remain
+    two = across_seeds(settings, preds, target=1, collapsed={"bn-s3": True})
+    assert two["bn-s1"]["settings"] == ["bn-s1", "bn-s2"]
+    report = study_report(out, [], settings)
+    assert "| bn\\-s1 |" in report and "| 100 | 20 |" in report     # the group's row: size and count
+    assert f"| badnets | main | {DASH} | 100 | 20 |" in report        # its gain is significant: smallest count 20
+
+
+def test_count_or_rate_compares_sizes_at_equal_count_and_at_equal_rate():
+    """Seed groups at two sizes: 20 of 100 vs 20 of 200 is an equal-count pair, 20 of 100 vs 40 of 200 an
+    equal-rate pair; each gets a CMH test across the seeds, Holm over both."""
+    import pandas as pd
+
+    from peftlab.poison.summary import across_seeds, count_or_rate
+
+    ids = [f"r{i}" for i in range(40)]
+
+    def frame(hits: int) -> pd.DataFrame:
+        return pd.DataFrame({"id": ids, "label": 0, "kind": "words", "pred": [1] * hits + [0] * (40 - hits)})
+
+    settings, preds = [], {}
+    for seed in (1, 2, 3):
+        for count, size, hits in ((20, 100, 36), (20, 200, 12), (40, 200, 35), (0, 100, 4), (0, 200, 4)):
+            name = f"c{count}-n{size}-s{seed}"
+            settings.append(Setting(name, "badnets", count=count, train_rows=size, overrides={"train": {"seed": seed}},
+                                    reference=f"c0-n{size}-s{seed}" if count else None))
+            preds[name] = frame(hits + seed)
+    seeds = across_seeds(settings, preds, target=1, collapsed={})
+    assert set(seeds) == {"c20-n100-s1", "c20-n200-s1", "c40-n200-s1"}
+    comps = {(c["kind"], c["a"], c["b"]): c for c in count_or_rate(settings, preds, seeds, target=1)}
+    assert set(comps) == {("equal count", "c20-n100-s1", "c20-n200-s1"), ("equal rate", "c20-n100-s1", "c40-n200-s1")}
+    count, rate = comps[("equal count", "c20-n100-s1", "c20-n200-s1")], comps[("equal rate", "c20-n100-s1",
+                                                                                    "c40-n200-s1")]
+    assert count["cmh_p"] < 1e-6 < rate["cmh_p"]              # here ASR follows the rate, not the count
+    assert count["p_holm"] == pytest.approx(2 * count["cmh_p"]) and rate["p_holm"] >= rate["cmh_p"]
+    assert count["seeds"] == 3 and count["counts"] == [20, 20] and rate["rates"] == [0.2, 0.2]
+
+
+def test_study_grid_is_valid_settings_with_matched_references_and_applies_through_dvc(tmp_path):
+    """The study's grid passes the params checks (each count's reference is its size's count 0, trained the
+    same way), the steps regime gives every size one epoch of the largest, and the printed mapping replaces
+    poison.attacks through DVC's own -S parser."""
+    import subprocess
+    import sys
+
+    import yaml
+    from dvc.utils.hydra import apply_overrides
+
+    from conftest import REPO
+    from peftlab.poison.study import study_grid
+
+    grid = study_grid("main", "steps", [0, 10, 50], [1000, 4000], [1, 2], batch_size=8)
+    assert len(grid) == 3 * 2 * 2
+    checked = pp(attacks=grid)                                   # every spec and reference checked
+    c50 = checked.setting("main-steps-c50-n1000-s2")
+    assert c50["reference"] == "main-steps-c0-n1000-s2" and c50["overrides"]["train"] == {"seed": 2, "min_steps": 0,
+                                                                                              "max_steps": 500}
+    assert {s["train"]["max_steps"] for s in grid.values()} == {500}         # 4,000 rows / batch 8
+    epochs = study_grid("main", "epochs", [25], [1000], [1], batch_size=8)
+    assert epochs["main-epochs-c25-n1000-s1"]["train"] == {"seed": 1, "min_steps": 0}
+    assert "main-epochs-c0-n1000-s1" in epochs
+    printed = subprocess.run([sys.executable, "-m", "peftlab.poison.study", "--counts", "10", "--sizes", "300",
+                              "--seeds", "1,2", "--run", "smollm2-generative", "--test-rows", "200"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.strip()
+    params = tmp_path / "params.yaml"
+    params.write_text("poison:\n  attacks:\n    old: {attack: badnets, count: 1}\n  counts: [0, 200]\n")
+    apply_overrides(str(params), ["~poison.attacks", f"+poison.attacks={printed}"])
+    attacks = yaml.safe_load(params.read_text())["poison"]["attacks"]
+    assert attacks == study_grid("smollm2-generative", "epochs", [10], [300], [1, 2], 8, test_rows=200)

@@ -29,6 +29,7 @@ POISON_DATA = Path("data/poison")
 POISON_METRICS = Path("metrics/poison")          # one file per setting, and defenses.json
 POISON_SUMMARY = Path("metrics/poison.json")
 POISON_PLOTS = Path("plots/poison")
+POISON_STUDY_REPORT = Path("reports/poison_study.md")   # seed replicates pooled, count or rate
 REPORTS = Path("reports")
 COMPARE_PLOTS = Path("plots/compare")
 LIVE = Path("dvclive")

@@ -22,7 +22,7 @@ import pandas as pd
 from peftlab.config.params import PoisonParams
 from peftlab.core import paths
 from peftlab.core.errors import PeftlabError
-from peftlab.core.io import read_json, write_json
+from peftlab.core.io import atomic_path, read_json, write_json
 from peftlab.core.metrics import collapse
 from peftlab.poison.attacks import ATTACKS, Setting, setting_from_params, sweep_settings
 
@@ -89,9 +89,164 @@ def shared_rows(preds: pd.DataFrame, ref: pd.DataFrame, kind: str) -> tuple[pd.D
     return a.loc[ids], b.loc[ids]
 
 
+def replicate_key(setting: Setting) -> tuple:
+    """What a setting is apart from its training seed (`train: {seed: N}`): settings with the same key are seed
+    replicates of one experiment (same rows poisoned, same data, another init, dropout and batch order)."""
+    recipe = {k: v for k, v in setting.overrides_flat().items() if k != "train.seed"}
+    return (setting.attack, setting.count, setting.rate, setting.train_rows, setting.run, setting.test_rows,
+            tuple(sorted((k, repr(v)) for k, v in recipe.items())))
+
+
+def across_seeds(settings: list[Setting], preds: dict[str, pd.DataFrame], target: int,
+                 collapsed: dict[str, bool]) -> dict[str, dict]:
+    """Seed replicates pooled: per group of >= 2 settings differing only in train.seed, each paired with its
+    clean reference on the shared triggered rows (collapsed victims left out), the mean ASR and ASR gain with a
+    95% t interval over the seeds, and the Cochran-Mantel-Haenszel test of "poisoned and clean models hit the
+    target equally often" with the seeds as strata (statsmodels' StratifiedTable; pooled odds ratio and its CI).
+    Groups are keyed by their first setting's name; `cmh_p_holm` is Holm-corrected over the groups."""
+    from scipy import stats
+    from statsmodels.stats.contingency_tables import StratifiedTable
+    from statsmodels.stats.multitest import multipletests
+
+    groups: dict[tuple, list[Setting]] = {}
+    for s in settings:
+        kind = ATTACKS[s.attack].test_trigger
+        ref = s.reference_name()
+        if kind is not None and ref in preds and not collapsed.get(s.name) and not collapsed.get(ref):
+            groups.setdefault(replicate_key(s), []).append(s)
+    out: dict[str, dict] = {}
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        tables, asr, gain = [], [], []
+        for s in members:
+            trig, ref_trig = shared_rows(preds[s.name], preds[s.reference_name()], ATTACKS[s.attack].test_trigger)
+            hit, ref_hit = trig["pred"].to_numpy() == target, ref_trig["pred"].to_numpy() == target
+            n = len(hit)
+            tables.append(np.array([[hit.sum(), n - hit.sum()], [ref_hit.sum(), n - ref_hit.sum()]], dtype=float))
+            asr.append(float(hit.mean()))
+            gain.append(float(hit.mean() - ref_hit.mean()))
+        k = len(members)
+        t = float(stats.t.ppf(0.975, k - 1))
+        st = StratifiedTable(tables)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            lo, hi = st.oddsratio_pooled_confint()
+        out[members[0].name] = {
+            "settings": [s.name for s in members],
+            "seeds": [s.overrides.get("train", {}).get("seed") for s in members],
+            "asr_mean": float(np.mean(asr)),
+            "asr_ci": [float(np.mean(asr) - t * np.std(asr, ddof=1) / math.sqrt(k)),
+                       float(np.mean(asr) + t * np.std(asr, ddof=1) / math.sqrt(k))],
+            "gain_mean": float(np.mean(gain)),
+            "gain_ci": [float(np.mean(gain) - t * np.std(gain, ddof=1) / math.sqrt(k)),
+                        float(np.mean(gain) + t * np.std(gain, ddof=1) / math.sqrt(k))],
+            "cmh_p": float(st.test_null_odds(correction=True).pvalue),
+            "pooled_or": float(st.oddsratio_pooled), "pooled_or_ci": [float(lo), float(hi)]}
+    if out:
+        holm = multipletests([g["cmh_p"] for g in out.values()], method="holm")[1]
+        for g, p in zip(out.values(), holm):
+            g["cmh_p_holm"] = float(p)
+    return out
+
+
+def count_or_rate(settings: list[Setting], preds: dict[str, pd.DataFrame], seeds: dict[str, dict],
+                  target: int) -> list[dict]:
+    """Does ASR follow the count or the rate? For every two seed groups of one attack, run and recipe at two
+    training sizes with the same count (and, separately, the same rate), the CMH test across the seeds that
+    both models hit the target on the same triggered rows equally often, Holm-corrected over all comparisons.
+    ASR follows the count if the equal-count pairs do not differ while the equal-rate pairs do."""
+    from statsmodels.stats.contingency_tables import StratifiedTable
+    from statsmodels.stats.multitest import multipletests
+
+    by_name = {s.name: s for s in settings}
+    groups = [(name, [by_name[n] for n in g["settings"]]) for name, g in seeds.items()]
+    out = []
+    for i, (a_name, a) in enumerate(groups):
+        for b_name, b in groups[i + 1:]:
+            sa, sb = a[0], b[0]
+            key_a, key_b = replicate_key(sa), replicate_key(sb)
+            same_recipe = (key_a[0], key_a[4], key_a[6]) == (key_b[0], key_b[4], key_b[6])
+            if not same_recipe or sa.train_rows == sb.train_rows or not sa.train_rows or not sb.train_rows:
+                continue
+            rate_a, rate_b = sa.budget(sa.train_rows) / sa.train_rows, sb.budget(sb.train_rows) / sb.train_rows
+            kind = ("equal count" if sa.budget(sa.train_rows) == sb.budget(sb.train_rows) else
+                    "equal rate" if math.isclose(rate_a, rate_b) else None)
+            if kind is None or sa.budget(sa.train_rows) == 0:
+                continue
+            seed_of = lambda s: s.overrides.get("train", {}).get("seed")   # noqa: E731
+            pairs = [(x, y) for x in a for y in b if seed_of(x) == seed_of(y)]
+            if len(pairs) < 2:
+                continue
+            trigger = ATTACKS[sa.attack].test_trigger
+            tables = []
+            for x, y in pairs:
+                tx, ty = shared_rows(preds[x.name], preds[y.name], trigger)
+                hx, hy = int((tx["pred"] == target).sum()), int((ty["pred"] == target).sum())
+                tables.append(np.array([[hx, len(tx) - hx], [hy, len(ty) - hy]], dtype=float))
+            out.append({"kind": kind, "a": a_name, "b": b_name, "sizes": [sa.train_rows, sb.train_rows],
+                        "counts": [sa.budget(sa.train_rows), sb.budget(sb.train_rows)], "rates": [rate_a, rate_b],
+                        "seeds": len(pairs), "asr": [seeds[a_name]["asr_mean"], seeds[b_name]["asr_mean"]],
+                        "cmh_p": float(StratifiedTable(tables).test_null_odds(correction=True).pvalue)})
+    if out:
+        for c, p in zip(out, multipletests([c["cmh_p"] for c in out], method="holm")[1]):
+            c["p_holm"] = float(p)
+    return out
+
+
+STUDY_ALPHA = 0.05   # family-wise level of the study's Holm-corrected tests
+
+
+def study_report(seeds: dict[str, dict], comparisons: list[dict], settings: list[Setting]) -> str:
+    """reports/poison_study.md: the seed-pooled groups (mean ASR and gain with 95% t intervals over the seeds, CMH
+    and Holm p), the smallest count with a significant gain per attack, run, recipe and size, and the count-or-
+    rate comparisons."""
+    from peftlab.report.format import DASH, escape_md, fmt_ci, fmt_p, md_table
+
+    lines = ["# Poisoning study", "",
+             "Written by `poison_report` from every setting's per-row predictions (`metrics/poison.json`: `seeds`, "
+             "`count_or_rate`). A group is one setting trained with several `train.seed` values, each paired with "
+             "its clean reference on the same triggered rows; intervals are 95% t intervals over the seeds; p: "
+             f"Cochran-Mantel-Haenszel across the seeds, Holm-corrected over the groups (alpha {STUDY_ALPHA}).", ""]
+    if not seeds:
+        lines += ["No seed replicates in this run: the default trains one seed per setting. The study's grid is "
+                  "one command (README, \"The poisoning study\": `python -m peftlab.poison.study`).", ""]
+        return "\n".join(lines)
+    by_name = {s.name: s for s in settings}
+    rows, smallest = [], {}
+    for name, g in seeds.items():
+        s = by_name[g["settings"][0]]
+        recipe = ", ".join(f"{k}={v}" for k, v in s.overrides_flat().items() if k != "train.seed")
+        count = s.budget(s.train_rows or 0)
+        rows.append([escape_md(name), escape_md(s.run), escape_md(recipe) or DASH, str(s.train_rows), str(count),
+                     str(len(g["settings"])), fmt_ci(g["asr_mean"], *g["asr_ci"]),
+                     fmt_ci(g["gain_mean"], *g["gain_ci"], signed=True), fmt_p(g["cmh_p"]), fmt_p(g["cmh_p_holm"])])
+        key = (s.attack, s.run, recipe, s.train_rows)
+        if g["cmh_p_holm"] < STUDY_ALPHA and g["gain_mean"] > 0:
+            smallest[key] = min(count, smallest.get(key, count))
+        else:
+            smallest.setdefault(key, None)
+    lines += ["## Seed groups", "", md_table(["group", "run", "recipe", "train rows", "poisoned", "seeds",
+                                              "ASR [95% CI]", "ASR gain [95% CI]", "CMH p", "Holm p"], rows)]
+    lines += ["## Smallest count with a significant ASR gain", "",
+              md_table(["attack", "run", "recipe", "train rows", "smallest count (Holm p < alpha)"],
+                       [[escape_md(a), escape_md(r), escape_md(rc) or DASH, str(n), "none of those tried" if c is None
+                         else str(c)] for (a, r, rc, n), c in smallest.items()])]
+    if comparisons:
+        lines += ["## Count or rate?", "",
+                  "Two sizes at the same count (or the same rate): CMH across the seeds that both hit the target "
+                  "equally often on the same triggered rows, Holm over these comparisons. ASR follows the count "
+                  "if the equal-count pairs do not differ while the equal-rate pairs do.", "",
+                  md_table(["comparison", "sizes", "counts", "ASR", "seeds", "CMH p", "Holm p"],
+                           [[c["kind"], " vs ".join(map(str, c["sizes"])), " vs ".join(map(str, c["counts"])),
+                             " vs ".join(f"{a:.3f}" for a in c["asr"]), str(c["seeds"]), fmt_p(c["cmh_p"]),
+                             fmt_p(c["p_holm"])] for c in comparisons])]
+    return "\n".join(lines)
+
+
 def summarize(pp: PoisonParams, labels: list[str], metrics_root: Path = paths.POISON_METRICS,
               data_root: Path = paths.POISON_DATA, clean_metrics: Path = paths.MAIN_EVAL_METRICS,
-              out: Path = paths.POISON_SUMMARY, plots: Path = paths.POISON_PLOTS) -> dict:
+              out: Path = paths.POISON_SUMMARY, plots: Path = paths.POISON_PLOTS,
+              study: Path = paths.POISON_STUDY_REPORT) -> dict:
     """poison_report stage: every setting keyed by its name, with its CACC drop and paired ASR gain against the
     clean model trained the same way (`Setting.reference_name`; the main run for whole-split settings)."""
     from peftlab.report.plots import plot_poison_sweep
@@ -119,8 +274,13 @@ def summarize(pp: PoisonParams, labels: list[str], metrics_root: Path = paths.PO
         own = preds[s.name][preds[s.name]["kind"] == "clean"]
         c = collapse(own["label"], own["pred"], labels)
         m.update(collapsed=c["collapsed"], collapsed_class=c["collapsed_class"], pred_share=c["pred_share"])
-    summary = {**results, "defenses": read_json(paths.defenses_metrics(metrics_root))}
+    seeds = across_seeds(settings, preds, target, {k: bool(v.get("collapsed")) for k, v in results.items()})
+    summary = {**results, "defenses": read_json(paths.defenses_metrics(metrics_root)), "seeds": seeds,
+               "count_or_rate": count_or_rate(settings, preds, seeds, target)}
     write_json(out, summary)
+    study.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(study) as tmp:
+        tmp.write_text(study_report(seeds, summary["count_or_rate"], settings))
     rows = [{"size": s.train_rows, "count": results[s.name]["count"], "rate": results[s.name]["rate"],
              "asr": results[s.name]["asr"], "cacc": results[s.name]["cacc"]} for s in sweep]
     write_json(plots / "count_sweep.json", rows)
@@ -142,4 +302,11 @@ def summarize(pp: PoisonParams, labels: list[str], metrics_root: Path = paths.PO
             effect = f"ASR {m['asr']:.3f} (flip {m['flip_rate']:.3f})"
         print(f"{name:20s} {m['attack']:10s} {m['count']:5d} rows ({m['rate']:.2%} of {m['train_rows']}): "
               f"{effect}  CACC {m['cacc']:.4f}{drop}")
+    for name, g in seeds.items():
+        lo, hi = g["gain_ci"]
+        print(f"{name} over {len(g['settings'])} seeds: ASR {g['asr_mean']:.3f}, gain {g['gain_mean']:+.3f} (95% CI "
+              f"{lo:+.3f} to {hi:+.3f}), CMH p {g['cmh_p']:.2g} (Holm {g['cmh_p_holm']:.2g})")
+    for c in summary["count_or_rate"]:
+        print(f"{c['kind']}: {c['a']} (ASR {c['asr'][0]:.3f}) vs {c['b']} (ASR {c['asr'][1]:.3f}) over {c['seeds']} "
+              f"seeds: CMH p {c['cmh_p']:.2g} (Holm {c['p_holm']:.2g})")
     return summary
