@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import math
 
+import yaml
+
 REGIMES = ("epochs", "steps")
 
 
@@ -52,13 +54,6 @@ def study_grid(run: str, regime: str, counts: list[int], sizes: list[int], seeds
     return grid
 
 
-def flow_yaml(value) -> str:
-    """A YAML flow mapping on one line (what `dvc exp run -S key=value` parses)."""
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k}: {flow_yaml(v)}" for k, v in value.items()) + "}"
-    return str(value)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ints = lambda s: [int(x) for x in s.split(",") if x]   # noqa: E731
@@ -71,8 +66,10 @@ def main() -> None:
     ap.add_argument("--attack", default="badnets")
     ap.add_argument("--test-rows", type=int, default=None, help="a stratified test subset (decoders)")
     args = ap.parse_args()
-    print(flow_yaml(study_grid(args.run, args.regime, args.counts, args.sizes, args.seeds, args.batch_size,
-                               args.attack, args.test_rows)))
+    grid = study_grid(args.run, args.regime, args.counts, args.sizes, args.seeds, args.batch_size, args.attack,
+                      args.test_rows)
+    # one line of flow YAML: what `dvc exp run -S key=value` parses
+    print(yaml.safe_dump(grid, default_flow_style=True, width=float("inf"), sort_keys=False).strip())
 
 
 if __name__ == "__main__":

@@ -89,12 +89,42 @@ def shared_rows(preds: pd.DataFrame, ref: pd.DataFrame, kind: str) -> tuple[pd.D
     return a.loc[ids], b.loc[ids]
 
 
+def train_seed(setting: Setting) -> int | None:
+    """The setting's own `train: {seed: N}` (None: the top-level seed)."""
+    return setting.overrides.get("train", {}).get("seed")
+
+
+def recipe(setting: Setting) -> dict:
+    """The victim's recipe overrides ("section.key" -> value) apart from the training seed."""
+    return {k: v for k, v in setting.overrides_flat().items() if k != "train.seed"}
+
+
+def recipe_key(setting: Setting) -> tuple:
+    """Attack, attacked run and recipe (seed aside): what two sizes must share to be compared."""
+    return setting.attack, setting.run, tuple(sorted((k, repr(v)) for k, v in recipe(setting).items()))
+
+
 def replicate_key(setting: Setting) -> tuple:
     """What a setting is apart from its training seed (`train: {seed: N}`): settings with the same key are seed
     replicates of one experiment (same rows poisoned, same data, another init, dropout and batch order)."""
-    recipe = {k: v for k, v in setting.overrides_flat().items() if k != "train.seed"}
-    return (setting.attack, setting.count, setting.rate, setting.train_rows, setting.run, setting.test_rows,
-            tuple(sorted((k, repr(v)) for k, v in recipe.items())))
+    return recipe_key(setting), setting.count, setting.rate, setting.train_rows, setting.test_rows
+
+
+def hit_table(preds: pd.DataFrame, other: pd.DataFrame, kind: str, target: int) -> np.ndarray:
+    """2 x 2 counts of two models on the `kind` rows both scored: (predicts the target, does not), one row each:
+    a stratum of the CMH tests below."""
+    a, b = shared_rows(preds, other, kind)
+    ha, hb = int((a["pred"] == target).sum()), int((b["pred"] == target).sum())
+    return np.array([[ha, len(a) - ha], [hb, len(b) - hb]], dtype=float)
+
+
+def t_interval(values: list[float]) -> list[float]:
+    """95% t interval of the mean over seeds."""
+    from scipy import stats
+
+    k, m = len(values), float(np.mean(values))
+    half = float(stats.t.ppf(0.975, k - 1)) * float(np.std(values, ddof=1)) / math.sqrt(k)
+    return [m - half, m + half]
 
 
 def across_seeds(settings: list[Setting], preds: dict[str, pd.DataFrame], target: int,
@@ -104,7 +134,6 @@ def across_seeds(settings: list[Setting], preds: dict[str, pd.DataFrame], target
     95% t interval over the seeds, and the Cochran-Mantel-Haenszel test of "poisoned and clean models hit the
     target equally often" with the seeds as strata (statsmodels' StratifiedTable; pooled odds ratio and its CI).
     Groups are keyed by their first setting's name; `cmh_p_holm` is Holm-corrected over the groups."""
-    from scipy import stats
     from statsmodels.stats.contingency_tables import StratifiedTable
     from statsmodels.stats.multitest import multipletests
 
@@ -118,28 +147,18 @@ def across_seeds(settings: list[Setting], preds: dict[str, pd.DataFrame], target
     for members in groups.values():
         if len(members) < 2:
             continue
-        tables, asr, gain = [], [], []
-        for s in members:
-            trig, ref_trig = shared_rows(preds[s.name], preds[s.reference_name()], ATTACKS[s.attack].test_trigger)
-            hit, ref_hit = trig["pred"].to_numpy() == target, ref_trig["pred"].to_numpy() == target
-            n = len(hit)
-            tables.append(np.array([[hit.sum(), n - hit.sum()], [ref_hit.sum(), n - ref_hit.sum()]], dtype=float))
-            asr.append(float(hit.mean()))
-            gain.append(float(hit.mean() - ref_hit.mean()))
-        k = len(members)
-        t = float(stats.t.ppf(0.975, k - 1))
+        tables = [hit_table(preds[s.name], preds[s.reference_name()], ATTACKS[s.attack].test_trigger, target)
+                  for s in members]
+        asr = [t[0, 0] / t[0].sum() for t in tables]
+        gain = [t[0, 0] / t[0].sum() - t[1, 0] / t[1].sum() for t in tables]
         st = StratifiedTable(tables)
         with np.errstate(divide="ignore", invalid="ignore"):
             lo, hi = st.oddsratio_pooled_confint()
         out[members[0].name] = {
             "settings": [s.name for s in members],
-            "seeds": [s.overrides.get("train", {}).get("seed") for s in members],
-            "asr_mean": float(np.mean(asr)),
-            "asr_ci": [float(np.mean(asr) - t * np.std(asr, ddof=1) / math.sqrt(k)),
-                       float(np.mean(asr) + t * np.std(asr, ddof=1) / math.sqrt(k))],
-            "gain_mean": float(np.mean(gain)),
-            "gain_ci": [float(np.mean(gain) - t * np.std(gain, ddof=1) / math.sqrt(k)),
-                        float(np.mean(gain) + t * np.std(gain, ddof=1) / math.sqrt(k))],
+            "seeds": [train_seed(s) for s in members],
+            "asr_mean": float(np.mean(asr)), "asr_ci": t_interval(asr),
+            "gain_mean": float(np.mean(gain)), "gain_ci": t_interval(gain),
             "cmh_p": float(st.test_null_odds(correction=True).pvalue),
             "pooled_or": float(st.oddsratio_pooled), "pooled_or_ci": [float(lo), float(hi)]}
     if out:
@@ -164,25 +183,19 @@ def count_or_rate(settings: list[Setting], preds: dict[str, pd.DataFrame], seeds
     for i, (a_name, a) in enumerate(groups):
         for b_name, b in groups[i + 1:]:
             sa, sb = a[0], b[0]
-            key_a, key_b = replicate_key(sa), replicate_key(sb)
-            same_recipe = (key_a[0], key_a[4], key_a[6]) == (key_b[0], key_b[4], key_b[6])
-            if not same_recipe or sa.train_rows == sb.train_rows or not sa.train_rows or not sb.train_rows:
+            if (recipe_key(sa) != recipe_key(sb) or sa.train_rows == sb.train_rows or not sa.train_rows
+                    or not sb.train_rows):
                 continue
             rate_a, rate_b = sa.budget(sa.train_rows) / sa.train_rows, sb.budget(sb.train_rows) / sb.train_rows
             kind = ("equal count" if sa.budget(sa.train_rows) == sb.budget(sb.train_rows) else
                     "equal rate" if math.isclose(rate_a, rate_b) else None)
             if kind is None or sa.budget(sa.train_rows) == 0:
                 continue
-            seed_of = lambda s: s.overrides.get("train", {}).get("seed")   # noqa: E731
-            pairs = [(x, y) for x in a for y in b if seed_of(x) == seed_of(y)]
+            pairs = [(x, y) for x in a for y in b if train_seed(x) == train_seed(y)]
             if len(pairs) < 2:
                 continue
             trigger = ATTACKS[sa.attack].test_trigger
-            tables = []
-            for x, y in pairs:
-                tx, ty = shared_rows(preds[x.name], preds[y.name], trigger)
-                hx, hy = int((tx["pred"] == target).sum()), int((ty["pred"] == target).sum())
-                tables.append(np.array([[hx, len(tx) - hx], [hy, len(ty) - hy]], dtype=float))
+            tables = [hit_table(preds[x.name], preds[y.name], trigger, target) for x, y in pairs]
             out.append({"kind": kind, "a": a_name, "b": b_name, "sizes": [sa.train_rows, sb.train_rows],
                         "counts": [sa.budget(sa.train_rows), sb.budget(sb.train_rows)], "rates": [rate_a, rate_b],
                         "seeds": len(pairs), "asr": [seeds[a_name]["asr_mean"], seeds[b_name]["asr_mean"]],
@@ -215,12 +228,12 @@ def study_report(seeds: dict[str, dict], comparisons: list[dict], settings: list
     rows, smallest = [], {}
     for name, g in seeds.items():
         s = by_name[g["settings"][0]]
-        recipe = ", ".join(f"{k}={v}" for k, v in s.overrides_flat().items() if k != "train.seed")
+        recipe_cell = ", ".join(f"{k}={v}" for k, v in recipe(s).items())
         count = s.budget(s.train_rows or 0)
-        rows.append([escape_md(name), escape_md(s.run), escape_md(recipe) or DASH, str(s.train_rows), str(count),
+        rows.append([escape_md(name), escape_md(s.run), escape_md(recipe_cell) or DASH, str(s.train_rows), str(count),
                      str(len(g["settings"])), fmt_ci(g["asr_mean"], *g["asr_ci"]),
                      fmt_ci(g["gain_mean"], *g["gain_ci"], signed=True), fmt_p(g["cmh_p"]), fmt_p(g["cmh_p_holm"])])
-        key = (s.attack, s.run, recipe, s.train_rows)
+        key = (s.attack, s.run, recipe_cell, s.train_rows)
         if g["cmh_p_holm"] < STUDY_ALPHA and g["gain_mean"] > 0:
             smallest[key] = min(count, smallest.get(key, count))
         else:
