@@ -658,3 +658,42 @@ def test_study_grid_is_valid_settings_with_matched_references_and_applies_throug
     apply_overrides(str(params), ["~poison.attacks", f"+poison.attacks={printed}"])
     attacks = yaml.safe_load(params.read_text())["poison"]["attacks"]
     assert attacks == study_grid("smollm2-generative", "epochs", [10], [300], [1, 2], 8, test_rows=200)
+
+
+def test_recipe_grid_pairs_each_recipe_with_its_own_reference_and_the_report_tabulates_the_changes():
+    """--recipes: every recipe's poisoned settings name the count-0 setting trained with the same recipe; the
+    settings pass the params checks; the report's recipe table shows each group by what its recipe changes
+    (the base as a dash) and calls the backdoor surviving only for a positive gain with Holm p < alpha."""
+    import pandas as pd
+
+    from peftlab.poison.attacks import setting_from_params
+    from peftlab.poison.study import recipes, study_grid
+    from peftlab.poison.summary import across_seeds, study_report
+    from peftlab.report.format import DASH
+
+    table = recipes()
+    grid = study_grid("main", "epochs", [50], [1000], [1, 2, 3], 8, victim_recipes=table)
+    assert len(grid) == len(table) * 3 * 2
+    checked = pp(attacks=grid)
+    emb = checked.setting("main-epochs-embeddings-c50-n1000-s2")
+    assert emb["reference"] == "main-epochs-embeddings-c0-n1000-s2"
+    assert emb["overrides"]["lora"] == {"modules_to_save": ["word_embeddings"]}
+    assert checked.setting("main-epochs-epochs3-c0-n1000-s1")["overrides"]["train"] == {"seed": 1, "min_steps": 0,
+                                                                                         "epochs": 3}
+    assert checked.setting("main-epochs-attention-c50-n1000-s3")["overrides"]["lora"]["target_modules"] == [
+        "query", "key", "value"]
+    ids = [f"r{i}" for i in range(40)]
+    frame = lambda hits: pd.DataFrame({"id": ids, "label": 0, "kind": "words",   # noqa: E731
+                                       "pred": [1] * hits + [0] * (40 - hits)})
+    settings = [setting_from_params(checked, n) for n in grid]
+    # the base and embeddings recipes learn the trigger (30-32 of 40 vs 3), lr 1e-4 does not (4 vs 3)
+    hits = {"base": 30, "embeddings": 32, "lr1e-4": 4}
+    preds = {n: frame(3 if "-c0-" in n else hits.get(n.split("-")[2], 3) + int(n[-1])) for n in grid}
+    seeds = across_seeds(settings, preds, target=1, collapsed={})
+    report = study_report(seeds, [], settings)
+    lines = [r.replace("\\", "") for r in report.split("## Victim recipes")[1].splitlines()]
+    rows = {r.split(" | ")[4]: r for r in lines if r.startswith("| badnets")}
+    assert set(rows) == {DASH, "train.epochs=3.0", "train.lr=0.0001", "lora.alpha=64.0, lora.r=32",
+                         "lora.target_modules=['query', 'key', 'value']", "lora.modules_to_save=['word_embeddings']"}
+    assert rows[DASH].endswith("| yes |") and rows["lora.modules_to_save=['word_embeddings']"].endswith("| yes |")
+    assert rows["train.lr=0.0001"].endswith("| no |") and rows["train.epochs=3.0"].endswith("| no |")

@@ -98,6 +98,40 @@ def test_missing_target_module_is_a_clear_error(project, tiny_models):
     assert not (project / "models" / "adapters" / "main").exists()
 
 
+def test_modules_to_save_trains_the_embeddings_in_full_and_evaluate_uses_them(project, tiny_models):
+    """lora.modules_to_save (the poisoning study's "embeddings trained" recipe): the word embeddings are trained
+    in full beside the adapter, saved with it, and the evaluated (merged) model reads the trained matrix, not the
+    base one; a name the model lacks is refused naming the key."""
+    import torch
+    from safetensors.torch import load_file
+
+    from peftlab.core.errors import PeftlabError
+    from peftlab.modeling.load import load_trained
+
+    shutil.copytree(tiny_models["encoder"], project / "models" / "base" / "tiny-encoder")
+    write_splits(project, toy_frame(120, seed=3))
+    p = params_for("tiny-encoder", epochs=2)
+    frozen = run_train(p, RunPaths.for_run("main"))["trainable_params"]
+    p.lora.modules_to_save = ["word_embeddings"]
+    summary = run_train(p, RunPaths.for_run("main"))
+    adapter = project / "models" / "adapters" / "main"
+    saved = load_file(adapter / "adapter_model.safetensors")
+    emb = [k for k in saved if "word_embeddings" in k]
+    assert len(emb) == 1
+    base = load_file(project / "models" / "base" / "tiny-encoder" / "model.safetensors")
+    base_emb = next(v for k, v in base.items() if k.endswith("word_embeddings.weight"))
+    assert summary["trainable_params"] - frozen == base_emb.numel()        # the whole matrix, nothing else added
+    assert not torch.equal(saved[emb[0]], base_emb)                         # trained
+    merged = load_trained(adapter, torch.device("cpu"))[0]
+    assert torch.equal(merged.get_input_embeddings().weight, saved[emb[0]])
+    assert 0 < run_evaluate(params_for("tiny-encoder"), EvalPaths.for_run("main"))["accuracy"] <= 1
+
+    p.lora.modules_to_save = ["embed_tokens"]
+    with pytest.raises(PeftlabError, match="lora.modules_to_save has 'embed_tokens', which this model does not "
+                                           "have; allowed: .*word_embeddings"):
+        run_train(p, RunPaths.for_run("main"))
+
+
 @pytest.mark.parametrize("weights", [None, [0.7, 1.9]])
 def test_fast_validation_matches_the_trainer_eval_loop(project, tiny_models, weights):
     """In-training validation on the inference path gives the eval loop's loss, accuracy and macro F1."""

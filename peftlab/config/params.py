@@ -94,6 +94,8 @@ class LoraParams:
     alpha: float = _meta(16.0, lo=0.0, lo_open=True)
     dropout: float = _meta(0.1, lo=0.0, hi=1.0, hi_open=True)
     target_modules: Optional[list[str]] = _meta(doc="null: the catalog's targets for the model")
+    modules_to_save: Optional[list[str]] = _meta(doc="layers trained in full beside the adapter (e.g. "
+                                                     "word_embeddings); null: only a new head")
 
 
 @dataclass

@@ -140,7 +140,10 @@ def load_base(setup: ModelSetup, device: torch.device):
     return auto.from_pretrained(setup.base_dir, dtype=torch.float32, **kwargs)
 
 
-def lora_config(setup: ModelSetup, r: int, alpha: float, dropout: float, target_modules: list[str] | None):
+def lora_config(setup: ModelSetup, r: int, alpha: float, dropout: float, target_modules: list[str] | None,
+                modules_to_save: list[str] | None = None):
+    """peft's LoraConfig for the run: the adapter on `target_modules` (null: the catalog's), a new classifier head
+    and any `modules_to_save` (e.g. the word embeddings: a victim recipe of the poisoning study) trained in full."""
     from peft import LoraConfig, TaskType
 
     targets = target_modules or setup.info.get("target_modules")
@@ -152,19 +155,23 @@ def lora_config(setup: ModelSetup, r: int, alpha: float, dropout: float, target_
         head_modules = setup.info.get("classifier_module") or CLASSIFIER_HEADS.get(setup.family)
         if isinstance(head_modules, str):
             head_modules = [head_modules]
+        full = list(head_modules or []) + list(modules_to_save or [])
         return LoraConfig(task_type=TaskType.SEQ_CLS, r=r, lora_alpha=alpha, lora_dropout=dropout,
-                          target_modules=list(targets), modules_to_save=list(head_modules) if head_modules else None)
+                          target_modules=list(targets), modules_to_save=full or None)
     task = TaskType.CAUSAL_LM if setup.head == "generative" else TaskType.SEQ_2_SEQ_LM
-    return LoraConfig(task_type=task, r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets))
+    return LoraConfig(task_type=task, r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets),
+                      modules_to_save=list(modules_to_save) if modules_to_save else None)
 
 
-def check_targets(model, targets: list[str]) -> None:
+def check_targets(model, targets: list[str], key: str = "lora.target_modules") -> None:
+    """Every name in `targets` is a module of `model` (peft would silently train nothing for a typo)."""
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
     missing = [t for t in targets if t not in names]
     if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
-        raise PeftlabError(f"lora.target_modules has {missing[0]!r}, which this model does not have; "
-                           f"allowed: {', '.join(linear)}")
+        kinds = (torch.nn.Linear,) if key == "lora.target_modules" else (torch.nn.Linear, torch.nn.Embedding)
+        allowed = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, kinds)})
+        raise PeftlabError(f"{key} has {missing[0]!r}, which this model does not have; "
+                           f"allowed: {', '.join(allowed)}")
 
 
 def load_trained(adapter_dir: str | Path, device: torch.device, merge: bool = True):

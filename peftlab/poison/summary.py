@@ -209,6 +209,32 @@ def count_or_rate(settings: list[Setting], preds: dict[str, pd.DataFrame], seeds
 STUDY_ALPHA = 0.05   # family-wise level of the study's Holm-corrected tests
 
 
+def recipe_rows(seeds: dict[str, dict], settings: list[Setting]) -> list[list[str]]:
+    """The recipe table's rows: seed groups sharing attack, run, count and size, two or more recipes each, every
+    group shown by what its recipe changes from the overrides all of them share."""
+    from peftlab.report.format import DASH, escape_md, fmt_ci, fmt_p
+
+    by_name = {s.name: s for s in settings}
+    blocks: dict[tuple, list[tuple[dict, dict]]] = {}
+    for g in seeds.values():
+        s = by_name[g["settings"][0]]
+        blocks.setdefault((s.attack, s.run, s.train_rows, s.budget(s.train_rows or 0), s.test_rows),
+                          []).append((recipe(s), g))
+    rows = []
+    for (attack, run, size, count, _), members in blocks.items():
+        if len({repr(sorted(r.items())) for r, _ in members}) < 2:
+            continue
+        shared = {k: v for k, v in members[0][0].items() if all(k in r and r[k] == v for r, _ in members)}
+        for rec, g in members:
+            change = ", ".join(f"{k}={v}" for k, v in rec.items() if k not in shared)
+            survives = g["cmh_p_holm"] < STUDY_ALPHA and g["gain_mean"] > 0
+            rows.append([escape_md(attack), escape_md(run), str(size), str(count), escape_md(change) or DASH,
+                         str(len(g["settings"])), fmt_ci(g["asr_mean"], *g["asr_ci"]),
+                         fmt_ci(g["gain_mean"], *g["gain_ci"], signed=True), fmt_p(g["cmh_p_holm"]),
+                         "yes" if survives else "no"])
+    return rows
+
+
 def study_report(seeds: dict[str, dict], comparisons: list[dict], settings: list[Setting]) -> str:
     """reports/poison_study.md: the seed-pooled groups (mean ASR and gain with 95% t intervals over the seeds, CMH
     and Holm p), the smallest count with a significant gain per attack, run, recipe and size, and the count-or-
@@ -244,6 +270,14 @@ def study_report(seeds: dict[str, dict], comparisons: list[dict], settings: list
               md_table(["attack", "run", "recipe", "train rows", "smallest count (Holm p < alpha)"],
                        [[escape_md(a), escape_md(r), escape_md(rc) or DASH, str(n), "none of those tried" if c is None
                          else str(c)] for (a, r, rc, n), c in smallest.items()])]
+    recipes = recipe_rows(seeds, settings)
+    if recipes:
+        lines += ["## Victim recipes", "",
+                  "Seed groups of one attack, run, count and size that differ only in the victim's recipe (python -m "
+                  "peftlab.poison.study --recipes): the change from what the group shares, and whether the backdoor "
+                  f"survives it (a positive ASR gain, Holm p < {STUDY_ALPHA}).", "",
+                  md_table(["attack", "run", "train rows", "poisoned", "recipe change", "seeds", "ASR [95% CI]",
+                            "ASR gain [95% CI]", "Holm p", "backdoor"], recipes)]
     if comparisons:
         lines += ["## Count or rate?", "",
                   "Two sizes at the same count (or the same rate): CMH across the seeds that both hit the target "

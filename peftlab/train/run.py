@@ -356,8 +356,10 @@ def run_train(params: Params, paths: RunPaths) -> dict:
         setup.extra["finetune"] = "full"
         trainable = total = sum(p.numel() for p in model.parameters())
     else:
-        cfg = lora_config(setup, params.lora.r, params.lora.alpha, params.lora.dropout, params.lora.target_modules)
+        cfg = lora_config(setup, params.lora.r, params.lora.alpha, params.lora.dropout, params.lora.target_modules,
+                          params.lora.modules_to_save)
         check_targets(model, list(cfg.target_modules))
+        check_targets(model, list(params.lora.modules_to_save or []), "lora.modules_to_save")
         model = get_peft_model(model, cfg)
         trainable, total = model.get_nb_trainable_parameters()
     use_fast_dropout(model)   # the same dropout rule, a quarter of the mask cost on CPU (peftlab.train.dropout)
