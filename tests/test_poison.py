@@ -660,11 +660,12 @@ def test_study_grid_is_valid_settings_with_matched_references_and_applies_throug
     assert attacks == study_grid("smollm2-generative", "epochs", [10], [300], [1, 2], 8, test_rows=200)
 
 
-def test_recipe_grid_pairs_each_recipe_with_its_own_reference_and_the_report_tabulates_the_changes():
+def test_recipe_grid_pairs_each_recipe_with_its_own_reference_and_the_report_tabulates_the_changes(tmp_path):
     """--recipes: every recipe's poisoned settings name the count-0 setting trained with the same recipe; the
     settings pass the params checks; the report's recipe table shows each group by what its recipe changes
     (the base as a dash) and calls the backdoor surviving only for a positive gain with Holm p < alpha."""
     import pandas as pd
+    import yaml
 
     from peftlab.poison.attacks import setting_from_params
     from peftlab.poison.study import recipes, study_grid
@@ -697,3 +698,17 @@ def test_recipe_grid_pairs_each_recipe_with_its_own_reference_and_the_report_tab
                          "lora.target_modules=['query', 'key', 'value']", "lora.modules_to_save=['word_embeddings']"}
     assert rows[DASH].endswith("| yes |") and rows["lora.modules_to_save=['word_embeddings']"].endswith("| yes |")
     assert rows["train.lr=0.0001"].endswith("| no |") and rows["train.epochs=3.0"].endswith("| no |")
+    # the printed grid goes through DVC's -S parser (no YAML anchors for the recipes' shared lists)
+    import subprocess
+    import sys
+
+    from dvc.utils.hydra import apply_overrides
+
+    from conftest import REPO
+    printed = subprocess.run([sys.executable, "-m", "peftlab.poison.study", "--recipes", "all", "--counts", "50",
+                              "--sizes", "1000", "--seeds", "1,2,3"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.strip()
+    params = tmp_path / "params.yaml"
+    params.write_text("poison:\n  attacks:\n    old: {attack: badnets, count: 1}\n")
+    apply_overrides(str(params), ["~poison.attacks", f"+poison.attacks={printed}"])
+    assert yaml.safe_load(params.read_text())["poison"]["attacks"] == grid

@@ -23,6 +23,7 @@ same code, data and params) and a stopped study resumes where it stopped.
 from __future__ import annotations
 
 import argparse
+import copy
 import math
 
 import yaml
@@ -65,12 +66,12 @@ def study_grid(run: str, regime: str, counts: list[int], sizes: list[int], seeds
             for seed in seeds:
                 for count in sorted(set(counts) | {0}):
                     # min_steps 0: train.min_steps would raise a small size's epochs, mixing the two regimes
-                    train: dict = {"seed": seed, "min_steps": 0, **rec.get("train", {})}
+                    train: dict = {"seed": seed, "min_steps": 0, **copy.deepcopy(rec.get("train", {}))}
                     if regime == "steps":
                         train["max_steps"] = steps
                     spec: dict = {"attack": attack, "count": count, "train_rows": size, "run": run, "train": train}
                     if rec.get("lora"):
-                        spec["lora"] = dict(rec["lora"])
+                        spec["lora"] = copy.deepcopy(rec["lora"])   # shared lists would print as YAML aliases
                     if test_rows:
                         spec["test_rows"] = test_rows
                     if count:
