@@ -695,7 +695,8 @@ def test_recipe_grid_pairs_each_recipe_with_its_own_reference_and_the_report_tab
     lines = [r.replace("\\", "") for r in report.split("## Victim recipes")[1].splitlines()]
     rows = {r.split(" | ")[4]: r for r in lines if r.startswith("| badnets")}
     assert set(rows) == {DASH, "train.epochs=3.0", "train.lr=0.0001", "lora.alpha=64.0, lora.r=32",
-                         "lora.target_modules=['query', 'key', 'value']", "lora.modules_to_save=['word_embeddings']"}
+                         "lora.target_modules=['query', 'key', 'value']", "lora.modules_to_save=['word_embeddings']",
+                         "lora.modules_to_save=['word_embeddings'], train.epochs=3.0"}
     assert rows[DASH].endswith("| yes |") and rows["lora.modules_to_save=['word_embeddings']"].endswith("| yes |")
     assert rows["train.lr=0.0001"].endswith("| no |") and rows["train.epochs=3.0"].endswith("| no |")
     # the printed grid goes through DVC's -S parser (no YAML anchors for the recipes' shared lists)

@@ -44,6 +44,8 @@ def recipes(attention: str = ATTENTION, embeddings: str = EMBEDDINGS) -> dict[st
         "r32": {"lora": {"r": 32, "alpha": 64}},           # 4x the rank, alpha/r kept at 2
         "attention": {"lora": {"target_modules": attention.split(",")}},   # attention only, no FFN / output
         "embeddings": {"lora": {"modules_to_save": embeddings.split(",")}},  # the word embeddings trained in full
+        # the two that give a rare trigger word the most room, together: its own embedding row, three passes
+        "embeddings-epochs3": {"train": {"epochs": 3}, "lora": {"modules_to_save": embeddings.split(",")}},
     }
 
 
