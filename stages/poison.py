@@ -2,7 +2,8 @@
 
     python stages/poison.py attack <name>          a setting of poison.attacks
     python stages/poison.py count <count> <size>   an item of the count sweep (poison.counts x poison.sizes)
-    python stages/poison.py defend                 ONION, spectral signatures, token-label correlation
+    python stages/poison.py onion                  ONION's per-word LM scores (cached for defend)
+    python stages/poison.py defend                 ONION, STRIP, spectral signatures, token-label correlation
     python stages/poison.py report                 metrics/poison.json and plots/poison/
 """
 import argparse
@@ -12,7 +13,7 @@ from peftlab.core import paths
 from peftlab.core.errors import run_cli
 from peftlab.data.split import read_labels
 from peftlab.poison.attacks import count_setting, setting_from_params
-from peftlab.poison.defenses import run_defenses
+from peftlab.poison.defenses import run_defenses, run_onion_scores
 from peftlab.poison.runs import run_poison
 from peftlab.poison.summary import summarize
 
@@ -24,6 +25,7 @@ def main() -> None:
     count = sub.add_parser("count")
     count.add_argument("count", type=int)
     count.add_argument("size", type=int)
+    sub.add_parser("onion")
     sub.add_parser("defend")
     sub.add_parser("report")
     args = ap.parse_args()
@@ -32,6 +34,8 @@ def main() -> None:
         run_poison(params, setting_from_params(params.poison, args.name))
     elif args.what == "count":
         run_poison(params, count_setting(params.poison, args.count, args.size))
+    elif args.what == "onion":
+        run_onion_scores(params)
     elif args.what == "defend":
         run_defenses(params)
     else:

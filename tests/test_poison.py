@@ -1,6 +1,7 @@
 """Poisoning: deterministic triggers, exact budgets, ASR on the right rows, clean splits untouched, defenses."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import shutil
@@ -141,15 +142,18 @@ def test_sequence_nll_matches_the_model_loss_and_onion_thresholds(tiny_models):
     texts = ["the film was very good", "a dull story", "bad"]
     nll = sequence_nll(lm, tok, texts, batch_size=2)
     for text, value in zip(texts, nll):
-        ids = torch.tensor([[tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]])
+        ids = torch.tensor([tok(text)["input_ids"]])      # the tokenizer's own special tokens, as ONION's GPT-2
+        if ids.shape[1] < 2:
+            assert value == 0.0                            # one token: nothing predicted (perplexity 1)
+            continue
         with torch.no_grad():
             assert value == pytest.approx(float(lm(input_ids=ids, labels=ids).loss), abs=1e-5)
     assert onion_filter(texts, lm, tok, threshold=float("inf")) == texts
     dropped = onion_filter(texts, lm, tok, threshold=float("-inf"))    # every word suspicious: text kept whole
     assert dropped == texts
     scores = onion_scores(texts, lm, tok)
-    ids = [tok.bos_token_id] + tok("the film was very good", add_special_tokens=False)["input_ids"]
-    without = [tok.bos_token_id] + tok("the was very good", add_special_tokens=False)["input_ids"]
+    ids = tok("the film was very good")["input_ids"]
+    without = tok("the was very good")["input_ids"]
     with torch.no_grad():   # suspicion of "film" = ppl(text) - ppl(text without "film")
         ppl = [math.exp(float(lm(input_ids=torch.tensor([x]), labels=torch.tensor([x])).loss)) for x in (ids, without)]
     assert scores[0][1] == pytest.approx(ppl[0] - ppl[1], rel=1e-4)
@@ -532,18 +536,63 @@ def test_the_defend_stage_reports_every_defense_on_a_real_victim(project, tiny_m
     """poison_defend end to end on tiny real models: ONION (a tiny decoder as its LM), STRIP, and the two
     training-set filters with their retraining, each with the figures the report reads."""
     from peftlab.core.io import read_json
-    from peftlab.poison.defenses import run_defenses
+    from peftlab.poison.defenses import run_defenses, run_onion_scores
 
     shutil.copytree(tiny_models["encoder"], project / "models" / "base" / "tiny-encoder")
     shutil.copytree(tiny_models["decoder"], project / "models" / "base" / "tiny-decoder")
     write_splits(project, toy_frame(300))
     p = params_for_tiny()
     p.poison = pp(epochs=None, defend="count20-n150", onion_lm="tiny-decoder", onion_rows=10, strip_rows=20,
-                  strip_repeats=3, counts=[20], sizes=[150])
+                  strip_repeats=3, counts=[20], sizes=[150], continued_rows=[20, 5])
     run_poison(p, count_setting(p.poison, 20, 150))
+    with pytest.raises(PeftlabError, match="scores.parquet not found; run `dvc repro poison_onion` first"):
+        run_defenses(p)
+    table = run_onion_scores(p)                   # the LM pass, cached apart from the victim
+    assert table.groupby("part").size().to_dict() == {"val": 10, "clean": 10, "triggered": 10}
+    assert all(len(s) == len(t.split()) for s, t in zip(table["scores"], table["text"]))
     out = run_defenses(p)
     assert out == read_json(project / "metrics" / "poison" / "defenses.json")
     assert out["onion"]["rows"] == 10 and out["strip"]["rows"] == 20 and out["strip"]["repeats"] == 3
+    o = out["onion"]
+    assert o["triggers_inserted"] == 10                          # one BadNets word in each triggered row
+    assert 0 <= o["triggers_removed"] <= 10 and o["trigger_removal_rate"] == o["triggers_removed"] / 10
+    assert o["asr_ci"][0] <= o["asr"] <= o["asr_ci"][1] and o["cacc_ci"][0] <= o["cacc"] <= o["cacc_ci"][1]
+    assert 0 <= o["words_removed_per_text"]["triggered"] <= o["words_per_text"]["triggered"]
+    for name in ("spectral", "correlation"):
+        d = out[name]
+        assert d["precision_ci"] is None or d["precision_ci"][0] <= d["precision"] <= d["precision_ci"][1]
+        assert d["recall_ci"][0] <= d["recall"] <= d["recall_ci"][1] and d["asr_ci"][0] <= d["asr"] <= d["asr_ci"][1]
+    one = out["correlation_single"]               # the same 20 rows, all with one trigger word: 20 / 150 rows
+    assert one["trigger"] == p.poison.triggers[0] and one["trigger_row_share"] >= 20 / 150
+    c = out["continued"]                          # clean continued training: the 150 poisoned-run rows excluded
+    assert [x["rows"] for x in c["points"]] == [0, 5, 20] and c["fresh_rows"] == 210 - 150
+    assert [x["steps"] for x in c["points"]] == [0, 3, 9]       # 3 epochs (the run's) at batch 8, no step floor
+    assert all(x["asr_ci"][0] <= x["asr"] <= x["asr_ci"][1] for x in c["points"][1:])
+    # it continues the poisoned adapter: at a learning rate of ~0 the result predicts exactly as the poisoned
+    # model does, while a new adapter (a fresh head) trained the same way does not
+    import pandas as pd
+
+    from peftlab.poison.defenses import continued_training
+    from peftlab.poison.runs import predict
+    poisoned = project / "models" / "adapters" / "poison-count20-n150"
+    setting = count_setting(p.poison, 20, 150)
+    frozen = dataclasses.replace(p, train=dataclasses.replace(p.train, lr=1e-12), poison=dataclasses.replace(
+        p.poison, continued_rows=[40]))
+    test = pd.read_parquet(project / "data" / "splits" / "test.parquet")
+    trained = project / "poisoned-train.parquet"
+    pd.read_parquet(project / "data" / "poison" / "count20-n150" / "train.parquet").to_parquet(trained)
+    still = continued_training(frozen, setting, project / "data" / "splits", poisoned, pd.read_parquet(trained),
+                               test, test, 1)
+    assert [(x["cacc"], x["asr"]) for x in still["points"]] == [(still["cacc"], still["asr"])] * 2
+    from peftlab.poison.runs import train_on
+    train_on(frozen, project / "data" / "poison" / "count20-n150", project / "fresh", setting)
+    texts = test["text"].tolist()
+    assert (predict(project / "fresh", texts) != predict(poisoned, texts)).any()
+    p.poison.onion_rows = 12                      # other rows than the cached scores: refused, not reused
+    with pytest.raises(PeftlabError, match="scores other rows than poison.defend = 'count20-n150' needs; "
+                                           "run `dvc repro poison_onion`"):
+        run_defenses(p)
+    p.poison.onion_rows = 10
     for name in ("onion", "strip", "spectral", "correlation"):
         assert 0.0 <= out[name]["cacc"] <= 1.0 and 0.0 <= out[name]["asr"] <= 1.0, name
     for name in ("spectral", "correlation"):
@@ -687,8 +736,8 @@ def test_recipe_grid_pairs_each_recipe_with_its_own_reference_and_the_report_tab
     frame = lambda hits: pd.DataFrame({"id": ids, "label": 0, "kind": "words",   # noqa: E731
                                        "pred": [1] * hits + [0] * (40 - hits)})
     settings = [setting_from_params(checked, n) for n in grid]
-    # the base and embeddings recipes learn the trigger (30-32 of 40 vs 3), lr 1e-4 does not (4 vs 3)
-    hits = {"base": 30, "embeddings": 32, "lr1e-4": 4}
+    # the base and embeddings recipes learn the trigger (31-33 and 37-39 of 40 vs 3), lr 1e-4 does not (5-7)
+    hits = {"base": 30, "embeddings": 36, "lr1e-4": 4}
     preds = {n: frame(3 if "-c0-" in n else hits.get(n.split("-")[2], 3) + int(n[-1])) for n in grid}
     seeds = across_seeds(settings, preds, target=1, collapsed={})
     report = study_report(seeds, [], settings)
@@ -697,8 +746,10 @@ def test_recipe_grid_pairs_each_recipe_with_its_own_reference_and_the_report_tab
     assert set(rows) == {DASH, "train.epochs=3.0", "train.lr=0.0001", "lora.alpha=64.0, lora.r=32",
                          "lora.target_modules=['query', 'key', 'value']", "lora.modules_to_save=['word_embeddings']",
                          "lora.modules_to_save=['word_embeddings'], train.epochs=3.0"}
-    assert rows[DASH].endswith("| yes |") and rows["lora.modules_to_save=['word_embeddings']"].endswith("| yes |")
-    assert rows["train.lr=0.0001"].endswith("| no |") and rows["train.epochs=3.0"].endswith("| no |")
+    # columns: ..., gain significant, ASR >= 0.90: 31-33 of 40 is a significant gain below the bar, 37-39 above
+    assert rows[DASH].endswith("| yes | no |") and rows["lora.modules_to_save=['word_embeddings']"].endswith(
+        "| yes | yes |")
+    assert rows["train.lr=0.0001"].endswith("| no | no |") and rows["train.epochs=3.0"].endswith("| no | no |")
     # the printed grid goes through DVC's -S parser (no YAML anchors for the recipes' shared lists)
     import subprocess
     import sys
@@ -713,3 +764,14 @@ def test_recipe_grid_pairs_each_recipe_with_its_own_reference_and_the_report_tab
     params.write_text("poison:\n  attacks:\n    old: {attack: badnets, count: 1}\n")
     apply_overrides(str(params), ["~poison.attacks", f"+poison.attacks={printed}"])
     assert yaml.safe_load(params.read_text())["poison"]["attacks"] == grid
+
+
+def test_inserted_words_are_the_multiset_difference_of_the_triggered_and_clean_texts():
+    """ONION's trigger-removal share counts the words a trigger added: a BadNets word, every word of an AddSent
+    sentence, and a trigger word that was already in the text once (only the added copy)."""
+    from peftlab.poison.defenses import inserted_words
+
+    assert inserted_words("a fine film", "a fine cf film") == {"cf": 1}
+    assert inserted_words("cf is fine", "cf is cf fine") == {"cf": 1}
+    assert inserted_words("dull", "I watched this 3D movie. dull") == {"I": 1, "watched": 1, "this": 1, "3D": 1,
+                                                                       "movie.": 1}

@@ -233,7 +233,7 @@ class PoisonParams:
     eval_rows: int = _meta(200, lo=10, doc="stratified val rows validated during each poisoned run")
     defend: str = _meta("count200-n2000", doc="the setting the defenses face: a key of attacks or count<C>-n<SIZE>")
     onion_lm: str = _meta("smollm2-135m-instruct", doc="ONION's language model (a key of `models`)")
-    onion_rows: int = _meta(30, lo=10, doc="clean val, clean test and triggered test rows ONION filters (each)")
+    onion_rows: int = _meta(200, lo=10, doc="clean val, clean test and triggered test rows ONION filters (each)")
     onion_thresholds: list[float] = _meta(factory=lambda: [0.0, 10.0, 30.0, 100.0],
                                           doc="candidates: drop a word when removing it lowers perplexity by more")
     onion_max_val_drop: float = _meta(0.02, lo=0.0, hi=1.0, doc="the lowest threshold costing at most this much "
@@ -248,6 +248,9 @@ class PoisonParams:
     correlation_max_df: float = _meta(0.05, lo=0.0, hi=1.0, lo_open=True, doc="rare: in at most this share of rows")
     correlation_alpha: float = _meta(0.01, lo=0.0, hi=1.0, lo_open=True, hi_open=True,
                                      doc="binomial test level, Bonferroni-corrected over the tested tokens")
+    continued_rows: list[int] = _meta(factory=lambda: [50, 100, 500, 2000],
+                                      doc="clean continued training: clean rows the poisoned model is trained on "
+                                          "after its run, one epoch each (nested)")
 
     def check(self) -> None:
         if not self.triggers or any(not str(t).strip() or " " in str(t).strip() for t in self.triggers):
@@ -258,6 +261,8 @@ class PoisonParams:
         for n in self.sizes:
             if int(n) < 10:
                 raise bad_param("poison.sizes", self.sizes, "a list of training-set sizes >= 10")
+        if any(int(n) < 1 for n in self.continued_rows):
+            raise bad_param("poison.continued_rows", self.continued_rows, "a list of row counts >= 1")
         if not self.onion_thresholds:
             raise bad_param("poison.onion_thresholds", self.onion_thresholds, "a non-empty list of numbers")
         for name in self.attacks:

@@ -30,6 +30,7 @@ POISON_METRICS = Path("metrics/poison")          # one file per setting, and def
 POISON_SUMMARY = Path("metrics/poison.json")
 POISON_PLOTS = Path("plots/poison")
 POISON_STUDY_REPORT = Path("reports/poison_study.md")   # seed replicates pooled, count or rate
+ONION_SCORES = Path("data/onion/scores.parquet")   # ONION's per-word LM scores (poison_onion), read by poison_defend
 REPORTS = Path("reports")
 COMPARE_PLOTS = Path("plots/compare")
 LIVE = Path("dvclive")

@@ -2,6 +2,7 @@
 correlation filter on the training set."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 from collections import Counter
@@ -17,12 +18,13 @@ from peftlab.core.errors import PeftlabError
 from peftlab.core.io import read_json, write_json
 from peftlab.core.metrics import accuracy, proportion_ci
 from peftlab.data.split import read_labels, read_split, stratified_sample
-from peftlab.poison.attacks import ATTACKS, resolve_setting
+from peftlab.poison.attacks import ATTACKS, poison_train, resolve_setting
 from peftlab.poison.runs import (
     predict,
     predict_proba,
     score,
     train_on,
+    trigger_limits,
     triggered_sets,
     victim_params,
     write_poisoned_splits,
@@ -30,12 +32,16 @@ from peftlab.poison.runs import (
 
 
 def sequence_nll(model, tok, texts: list[str], batch_size: int = 64) -> np.ndarray:
-    """Mean token negative log-likelihood per text under a causal LM (log-perplexity), batched by length."""
+    """Mean token negative log-likelihood per text under a causal LM (log-perplexity), batched by length.
+
+    Texts are tokenized with the tokenizer's own special tokens, as ONION scores with GPT-2 (none: the first
+    token is context, not scored; Llama's <s>). SmolLM2-Instruct names <|im_start|> its BOS, a chat-turn opener:
+    prepending it made the first word a role name's unlikely stand-in (full-text perplexity 372 vs 339 without
+    it, 1461 vs 1318 on another val review) and the suspicion of removing that word noise."""
     from peftlab.modeling.predict import left_pad, length_sorted_batches
 
     device = next(model.parameters()).device
-    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    enc = [bos + tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    enc = [tok(t)["input_ids"] for t in texts]
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     out = np.zeros(len(texts))
     with torch.inference_mode():
@@ -254,54 +260,190 @@ def strip_defense(adapter: Path, val: pd.DataFrame, donors: list[str], clean: pd
 
 
 def detection(flags: np.ndarray, poisoned: np.ndarray) -> dict:
+    """Precision and recall of the flagged training rows, with Wilson 95% intervals."""
     from sklearn.metrics import precision_score, recall_score
 
+    flags, poisoned = np.asarray(flags, dtype=bool), np.asarray(poisoned, dtype=bool)
+    hit = int((flags & poisoned).sum())
     return {"flagged": int(flags.sum()),
             "precision": float(precision_score(poisoned, flags, zero_division=0)),
-            "recall": float(recall_score(poisoned, flags, zero_division=0))}
+            "precision_ci": proportion_ci(hit, int(flags.sum())),
+            "recall": float(recall_score(poisoned, flags, zero_division=0)),
+            "recall_ci": proportion_ci(hit, int(poisoned.sum()))}
 
 
-def run_defenses(params: Params, splits: Path = paths.SPLITS_DIR, data_root: Path = paths.POISON_DATA,
-                 adapter_root: Path = paths.ADAPTERS, base_root: Path = paths.BASE_MODELS,
-                 metrics_root: Path = paths.POISON_METRICS) -> dict:
-    """poison_defend stage: ONION at test time, and spectral / correlation filtering of the training set
-    followed by retraining, against the `poison.defend` setting."""
-    from peftlab.modeling.load import choose_device, load_causal_lm
+def single_trigger_correlation(params: Params, setting, splits: Path, poisoned_train: pd.DataFrame,
+                               labels: list[str]) -> dict | None:
+    """The correlation test on the same attack with one trigger word instead of `poison.triggers`: the same
+    clean rows and count, detection only. `correlation_max_df` (0.05) admits three words sharing 10% of the
+    rows (~3.3% each), but one word carrying all of them sits at 10%: what a filter set for the attack it
+    faced misses. None for a sentence trigger or a single-word trigger list (nothing to compare)."""
+    pp = params.poison
+    attack = ATTACKS[setting.attack]
+    if attack.trigger != "words" or len(pp.triggers) < 2:
+        return None
+    one = dataclasses.replace(pp, triggers=list(pp.triggers[:1]))
+    clean = read_split(splits, "train").set_index("id").loc[poisoned_train["id"]].reset_index()
+    rows = poison_train(clean, labels, setting, one, params.seed,
+                        trigger_limits(victim_params(params, setting), clean, attack.trigger))
+    flags, tokens = correlation_flags(rows["text"].tolist(), rows["label"].to_numpy(), pp.correlation_min_count,
+                                      pp.correlation_max_df, pp.correlation_alpha)
+    trigger_df = float(rows["text"].str.lower().str.split().map(lambda w: pp.triggers[0] in w).mean())
+    return {**detection(flags, rows["poisoned"].to_numpy()), "trigger": pp.triggers[0],
+            "trigger_row_share": trigger_df, "max_df": pp.correlation_max_df, "tokens": tokens[:50]}
 
+
+def defended(params: Params, splits: Path) -> tuple:
+    """The `poison.defend` setting and what every defense reads of it: (setting, labels, target, trigger kind,
+    clean test rows, triggered test rows as the attacked run reads them)."""
     pp = params.poison
     setting = resolve_setting(pp, pp.defend)
     labels = read_labels(splits)
-    target = labels.index(pp.target)
     kind = ATTACKS[setting.attack].test_trigger
     if kind is None:
         raise PeftlabError(f"params.yaml: poison.defend = {pp.defend!r} is invalid: a {setting.attack} attack inserts "
                            f"no trigger to defend against; allowed: a setting of badnets, addsent or cleanlabel")
     test = read_split(splits, "test")
     triggered = triggered_sets(victim_params(params, setting), test, labels)[kind]   # as the attacked run reads
+    return setting, labels, labels.index(pp.target), kind, test, triggered
+
+
+ONION_PARTS = ("val", "clean", "triggered")
+
+
+def onion_rows(params: Params, splits: Path) -> pd.DataFrame:
+    """The rows ONION filters, `poison.onion_rows` of each part: stratified clean val rows (they choose the
+    threshold), stratified clean test rows, and triggered test rows; columns part, id, label, text."""
+    n, seed = params.poison.onion_rows, params.seed
+    _, _, _, _, test, triggered = defended(params, splits)
+    parts = {"val": stratified_sample(read_split(splits, "val"), n, seed), "clean": stratified_sample(test, n, seed),
+             "triggered": triggered.sample(n=min(n, len(triggered)), random_state=seed).sort_values("id")}
+    return pd.concat([df[["id", "label", "text"]].assign(part=name) for name, df in parts.items()],
+                     ignore_index=True)[["part", "id", "label", "text"]]
+
+
+def run_onion_scores(params: Params, splits: Path = paths.SPLITS_DIR, base_root: Path = paths.BASE_MODELS,
+                     out: Path = paths.ONION_SCORES) -> pd.DataFrame:
+    """poison_onion stage: every word's ONION suspicion on the rows `onion_rows` picks, under `poison.onion_lm`.
+
+    The LM pass is the whole cost of ONION (~1.3 s a review for SmolLM2-135M on 2 cores: a forward pass per word
+    left out) and depends on neither the victim nor the threshold, so it is its own cached stage: poison_defend
+    and any change of the threshold rule reuse it."""
+    from peftlab.core.io import atomic_path
+    from peftlab.modeling.load import choose_device, load_causal_lm
+
+    rows = onion_rows(params, splits)
+    lm, tok = load_causal_lm(base_root / params.poison.onion_lm, choose_device("auto"))
+    scores = onion_scores(rows["text"].tolist(), lm, tok)
+    table = rows.assign(scores=[s.tolist() for s in scores])
+    with atomic_path(out) as tmp:
+        table.to_parquet(tmp, index=False)
+    print(f"ONION scores: {', '.join(f'{(rows.part == p).sum()} {p}' for p in ONION_PARTS)} rows, "
+          f"{sum(len(s) for s in scores)} words, under {params.poison.onion_lm}")
+    return table
+
+
+def read_onion_scores(params: Params, splits: Path, path: Path = paths.ONION_SCORES) -> pd.DataFrame:
+    """poison_onion's table, checked against the rows this run would filter (same ids, same texts), so a
+    stale file is refused, not used."""
+    if not Path(path).exists():
+        raise PeftlabError(f"{path} not found; run `dvc repro poison_onion` first")
+    table = pd.read_parquet(path)
+    want = onion_rows(params, splits)
+    if not (len(table) == len(want) and (table[["part", "id", "text"]].to_numpy() ==
+                                         want[["part", "id", "text"]].to_numpy()).all()):
+        raise PeftlabError(f"{path} scores other rows than poison.defend = {params.poison.defend!r} needs; "
+                           f"run `dvc repro poison_onion`")
+    table["scores"] = [np.asarray(s, dtype=float) for s in table["scores"]]
+    return table
+
+
+def inserted_words(clean: str, triggered: str) -> Counter:
+    """The words a trigger added to `clean` (multiset difference of the two texts' words)."""
+    return Counter(triggered.split()) - Counter(clean.split())
+
+
+def onion_defense(table: pd.DataFrame, originals: dict[str, str], adapter: Path, target: int,
+                  thresholds: list[float], max_drop: float) -> dict:
+    """ONION with its cached scores: the threshold chosen on the clean val rows, then the clean and triggered
+    test rows filtered and classified by the victim; CACC and ASR before and after with Wilson 95% intervals,
+    the words removed per text, and the share of the inserted trigger words removed (originals: id -> clean
+    text of each triggered row)."""
+    part = {p: table[table["part"] == p].reset_index(drop=True) for p in ONION_PARTS}
+    val, clean, trig = part["val"], part["clean"], part["triggered"]
+    threshold, chosen = choose_onion_threshold(val["text"].tolist(), val["label"].to_numpy(), list(val["scores"]),
+                                               thresholds, max_drop, adapter)
+    kept = {p: onion_apply(part[p]["text"].tolist(), list(part[p]["scores"]), threshold) for p in ("clean",
+                                                                                                    "triggered")}
+    removed = {p: [Counter(t.split()) - Counter(k.split()) for t, k in zip(part[p]["text"], kept[p])]
+               for p in kept}
+    inserted = [inserted_words(originals[i], t) for i, t in zip(trig["id"], trig["text"])]
+    n_inserted = sum(sum(c.values()) for c in inserted)
+    n_trigger_removed = sum(sum((c & r).values()) for c, r in zip(inserted, removed["triggered"]))
+    before = score(adapter, clean, trig, target)
+    after = score(adapter, clean.assign(text=kept["clean"]), trig.assign(text=kept["triggered"]), target)
+    nc, nt = len(clean), len(trig)
+    return {"rows": int(nc), "triggered_rows": int(nt), "val_rows": int(len(val)), "threshold": threshold, **chosen,
+            "cacc_before": before["cacc"], "asr_before": before["asr"], "cacc": after["cacc"], "asr": after["asr"],
+            "cacc_ci": proportion_ci(round(after["cacc"] * nc), nc),
+            "asr_ci": proportion_ci(round(after["asr"] * nt), nt),
+            "words_removed_per_text": {p: float(np.mean([sum(r.values()) for r in removed[p]])) for p in removed},
+            "words_per_text": {p: float(np.mean([len(t.split()) for t in part[p]["text"]])) for p in removed},
+            "triggers_inserted": int(n_inserted),
+            "triggers_removed": int(n_trigger_removed),
+            "trigger_removal_rate": n_trigger_removed / n_inserted if n_inserted else float("nan"),
+            "trigger_removal_ci": proportion_ci(n_trigger_removed, n_inserted) if n_inserted else None,
+            "removed_words_top": [w for w, _ in sum(removed["triggered"] + removed["clean"], Counter())
+                                  .most_common(20)]}
+
+
+def continued_training(params: Params, setting, splits: Path, adapter: Path, poisoned_train: pd.DataFrame,
+                       test: pd.DataFrame, triggered: pd.DataFrame, target: int) -> dict:
+    """The plan's robust-training phase as clean continued training: the poisoned adapter trained further, for the
+    poisoned run's epochs (`poison.epochs`: 1) over n clean training rows it never saw, for each n of
+    `poison.continued_rows` (nested: the first n rows of one seeded permutation), with the attacked setting's
+    recipe and no step floor; CACC and ASR after each, Wilson 95% intervals. Souly et al. (2025) report 50-100
+    clean rows weaken a fine-tuning backdoor and about 2,000 remove it."""
+    clean = read_split(splits, "train")
+    fresh = clean[~clean["id"].isin(poisoned_train["id"])]
+    order = fresh.sample(frac=1.0, random_state=params.seed).reset_index(drop=True)
+    train = {**setting.overrides.get("train", {}), "min_steps": 0}      # the epochs over n rows, even 50
+    cont = dataclasses.replace(setting, overrides={**setting.overrides, "train": train})
+    nc, nt = len(test), len(triggered)
+    before = score(adapter, test, triggered, target)
+    points = [{"rows": 0, "steps": 0, "cacc": before["cacc"], "asr": before["asr"]}]
+    for n in sorted({min(int(n), len(order)) for n in params.poison.continued_rows}):
+        with tempfile.TemporaryDirectory(prefix="peftlab-continued-") as tmp:
+            kept = Path(tmp) / "splits"
+            write_poisoned_splits(order.head(n).assign(poisoned=False), splits, kept)
+            summary = train_on(params, kept, Path(tmp) / "adapter", cont, init_adapter=adapter)
+            m = score(Path(tmp) / "adapter", test, triggered, target)
+        points.append({"rows": n, "steps": summary["steps"], "cacc": m["cacc"], "asr": m["asr"],
+                       "cacc_ci": proportion_ci(round(m["cacc"] * nc), nc),
+                       "asr_ci": proportion_ci(round(m["asr"] * nt), nt)})
+        print(f"  continued training on {n} clean rows ({summary['steps']} steps): CACC {m['cacc']:.4f}, "
+              f"ASR {m['asr']:.4f}")
+    return {"fresh_rows": int(len(fresh)), "points": points, "cacc": points[-1]["cacc"], "asr": points[-1]["asr"]}
+
+
+def run_defenses(params: Params, splits: Path = paths.SPLITS_DIR, data_root: Path = paths.POISON_DATA,
+                 adapter_root: Path = paths.ADAPTERS, metrics_root: Path = paths.POISON_METRICS,
+                 onion_path: Path = paths.ONION_SCORES) -> dict:
+    """poison_defend stage: ONION at test time, and spectral / correlation filtering of the training set
+    followed by retraining, against the `poison.defend` setting."""
+    pp = params.poison
+    setting, labels, target, kind, test, triggered = defended(params, splits)
     attacked = read_json(paths.poison_metrics(setting.name, metrics_root))
     adapter = paths.poison_adapter(setting.name, adapter_root)
     train = pd.read_parquet(paths.poison_data(setting.name, data_root) / "train.parquet")
     out: dict = {"setting": setting.name, "attack": setting.attack,
                  "before": {k: attacked[k] for k in ("cacc", "asr", "count", "rate")}}
 
-    # ONION: threshold chosen on clean val rows, then test inputs filtered with the LM and classified by the
-    # poisoned model
-    val = read_split(splits, "val").sort_values("id").head(pp.onion_rows)
-    clean_sub = test.sort_values("id").head(pp.onion_rows)
-    trig_sub = triggered.sort_values("id").head(pp.onion_rows)
-    texts = val["text"].tolist() + clean_sub["text"].tolist() + trig_sub["text"].tolist()
-    lm, lm_tok = load_causal_lm(base_root / pp.onion_lm, choose_device("auto"))
-    scores = onion_scores(texts, lm, lm_tok)
-    del lm
-    nv, nc = len(val), len(clean_sub)
-    threshold, chosen = choose_onion_threshold(texts[:nv], val["label"].to_numpy(), scores[:nv],
-                                               pp.onion_thresholds, pp.onion_max_val_drop, adapter)
-    filtered = onion_apply(texts[nv:], scores[nv:], threshold)
-    before = score(adapter, clean_sub, trig_sub, target)
-    after = score(adapter, clean_sub.assign(text=filtered[:nc]), trig_sub.assign(text=filtered[nc:]), target)
-    out["onion"] = {"rows": int(len(clean_sub)), "threshold": threshold, **chosen,
-                    "cacc_before": before["cacc"], "asr_before": before["asr"],
-                    "cacc": after["cacc"], "asr": after["asr"]}
+    # ONION: the LM's per-word scores from poison_onion; the threshold chosen on clean val rows, then the test
+    # inputs filtered and classified by the poisoned model
+    table = read_onion_scores(params, splits, onion_path)
+    out["onion"] = onion_defense(table, dict(zip(test["id"], test["text"])), adapter, target, pp.onion_thresholds,
+                                 pp.onion_max_val_drop)
 
     # STRIP: stratified clean val rows set the threshold, the remaining val rows give the perturbing words
     n = pp.strip_rows
@@ -324,9 +466,15 @@ def run_defenses(params: Params, splits: Path = paths.SPLITS_DIR, data_root: Pat
             summary = train_on(params, kept, Path(tmp) / "adapter", setting)
             m = score(Path(tmp) / "adapter", test, triggered, target)
         out[name] = {**detection(flags, poisoned), "cacc": m["cacc"], "asr": m["asr"],
+                     "cacc_ci": proportion_ci(round(m["cacc"] * m["n"]), m["n"]),
+                     "asr_ci": proportion_ci(round(m["asr"] * m["asr_n"]), m["asr_n"]),
                      "train_rows": int((~flags).sum()), "train_seconds": summary["train_seconds"], **extra}
+    single = single_trigger_correlation(params, setting, splits, train, labels)
+    if single:
+        out["correlation_single"] = single
+    out["continued"] = continued_training(params, setting, splits, adapter, train, test, triggered, target)
     write_json(paths.defenses_metrics(metrics_root), out)
-    for name in ("onion", "strip", "spectral", "correlation"):
+    for name in ("onion", "strip", "spectral", "correlation", "continued"):
         d = out[name]
         pr = f", precision {d['precision']:.3f} recall {d['recall']:.3f}" if "precision" in d else ""
         print(f"defense {name}: CACC {d['cacc']:.4f}, ASR {d['asr']:.4f}{pr}")

@@ -54,14 +54,16 @@ def victim_params(params: Params, setting: Setting | None = None) -> Params:
     return dataclasses.replace(params, train=tp, lora=lp)
 
 
-def train_on(params: Params, splits: Path, adapter: Path, setting: Setting | None = None) -> dict:
-    """Training with `victim_params` on `splits`; checkpoints stay in a temp folder."""
+def train_on(params: Params, splits: Path, adapter: Path, setting: Setting | None = None,
+             init_adapter: Path | None = None) -> dict:
+    """Training with `victim_params` on `splits` (from `init_adapter` when given); checkpoints stay in a temp
+    folder."""
     from peftlab.train.run import run_train
 
     with tempfile.TemporaryDirectory(prefix="peftlab-poison-") as tmp:
         tmp = Path(tmp)
         run = paths.RunPaths(splits, adapter, tmp / "checkpoints", tmp / "live", tmp / "train.json")
-        return run_train(victim_params(params, setting), run)
+        return run_train(victim_params(params, setting), run, init_adapter)
 
 
 def predict_proba(adapter: Path, texts: list[str], batch_size: int = 64) -> np.ndarray:

@@ -118,6 +118,12 @@ def hit_table(preds: pd.DataFrame, other: pd.DataFrame, kind: str, target: int) 
     return np.array([[ha, len(a) - ha], [hb, len(b) - hb]], dtype=float)
 
 
+def clean_accuracy(preds: pd.DataFrame) -> float:
+    """A victim's accuracy on the clean test rows it was scored on."""
+    clean = preds[preds["kind"] == "clean"]
+    return float(np.mean(clean["pred"] == clean["label"]))
+
+
 def t_interval(values: list[float]) -> list[float]:
     """95% t interval of the mean over seeds."""
     from scipy import stats
@@ -150,6 +156,7 @@ def across_seeds(settings: list[Setting], preds: dict[str, pd.DataFrame], target
         tables = [hit_table(preds[s.name], preds[s.reference_name()], ATTACKS[s.attack].test_trigger, target)
                   for s in members]
         asr = [t[0, 0] / t[0].sum() for t in tables]
+        cacc = [clean_accuracy(preds[s.name]) for s in members]
         gain = [t[0, 0] / t[0].sum() - t[1, 0] / t[1].sum() for t in tables]
         st = StratifiedTable(tables)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -158,6 +165,7 @@ def across_seeds(settings: list[Setting], preds: dict[str, pd.DataFrame], target
             "settings": [s.name for s in members],
             "seeds": [train_seed(s) for s in members],
             "asr_mean": float(np.mean(asr)), "asr_ci": t_interval(asr),
+            "cacc_mean": float(np.mean(cacc)), "cacc_ci": t_interval(cacc),
             "gain_mean": float(np.mean(gain)), "gain_ci": t_interval(gain),
             "cmh_p": float(st.test_null_odds(correction=True).pvalue),
             "pooled_or": float(st.oddsratio_pooled), "pooled_or_ci": [float(lo), float(hi)]}
@@ -207,6 +215,7 @@ def count_or_rate(settings: list[Setting], preds: dict[str, pd.DataFrame], seeds
 
 
 STUDY_ALPHA = 0.05   # family-wise level of the study's Holm-corrected tests
+RECIPE_ASR = 0.90    # the recipe table's bar: a backdoor that works (issue 17: BadNets at <= 1% reaching 0.90)
 
 
 def recipe_rows(seeds: dict[str, dict], settings: list[Setting]) -> list[list[str]]:
@@ -227,11 +236,12 @@ def recipe_rows(seeds: dict[str, dict], settings: list[Setting]) -> list[list[st
         shared = {k: v for k, v in members[0][0].items() if all(k in r and r[k] == v for r, _ in members)}
         for rec, g in members:
             change = ", ".join(f"{k}={v}" for k, v in rec.items() if k not in shared)
-            survives = g["cmh_p_holm"] < STUDY_ALPHA and g["gain_mean"] > 0
+            significant = g["cmh_p_holm"] < STUDY_ALPHA and g["gain_mean"] > 0
             rows.append([escape_md(attack), escape_md(run), str(size), str(count), escape_md(change) or DASH,
-                         str(len(g["settings"])), fmt_ci(g["asr_mean"], *g["asr_ci"]),
-                         fmt_ci(g["gain_mean"], *g["gain_ci"], signed=True), fmt_p(g["cmh_p_holm"]),
-                         "yes" if survives else "no"])
+                         str(len(g["settings"])), fmt_ci(g["cacc_mean"], *g["cacc_ci"]),
+                         fmt_ci(g["asr_mean"], *g["asr_ci"]), fmt_ci(g["gain_mean"], *g["gain_ci"], signed=True),
+                         fmt_p(g["cmh_p_holm"]), "yes" if significant else "no",
+                         "yes" if g["asr_mean"] >= RECIPE_ASR else "no"])
     return rows
 
 
@@ -274,10 +284,12 @@ def study_report(seeds: dict[str, dict], comparisons: list[dict], settings: list
     if recipes:
         lines += ["## Victim recipes", "",
                   "Seed groups of one attack, run, count and size that differ only in the victim's recipe (python -m "
-                  "peftlab.poison.study --recipes): the change from what the group shares, and whether the backdoor "
-                  f"survives it (a positive ASR gain, Holm p < {STUDY_ALPHA}).", "",
-                  md_table(["attack", "run", "train rows", "poisoned", "recipe change", "seeds", "ASR [95% CI]",
-                            "ASR gain [95% CI]", "Holm p", "backdoor"], recipes)]
+                  "peftlab.poison.study --recipes): the change from what the group shares, the poisoned victims' "
+                  "clean accuracy, whether the ASR gain over the clean model trained the same way is significant "
+                  f"(positive, Holm p < {STUDY_ALPHA}), and whether the mean ASR reaches {RECIPE_ASR}.", "",
+                  md_table(["attack", "run", "train rows", "poisoned", "recipe change", "seeds", "CACC [95% CI]",
+                            "ASR [95% CI]", "ASR gain [95% CI]", "Holm p", "gain significant",
+                            f"ASR >= {RECIPE_ASR}"], recipes)]
     if comparisons:
         lines += ["## Count or rate?", "",
                   "Two sizes at the same count (or the same rate): CMH across the seeds that both hit the target "
@@ -296,7 +308,7 @@ def summarize(pp: PoisonParams, labels: list[str], metrics_root: Path = paths.PO
               study: Path = paths.POISON_STUDY_REPORT) -> dict:
     """poison_report stage: every setting keyed by its name, with its CACC drop and paired ASR gain against the
     clean model trained the same way (`Setting.reference_name`; the main run for whole-split settings)."""
-    from peftlab.report.plots import plot_poison_sweep
+    from peftlab.report.plots import plot_continued_training, plot_poison_sweep
 
     target = labels.index(pp.target)
     sweep = sweep_settings(pp)
@@ -332,6 +344,9 @@ def summarize(pp: PoisonParams, labels: list[str], metrics_root: Path = paths.PO
              "asr": results[s.name]["asr"], "cacc": results[s.name]["cacc"]} for s in sweep]
     write_json(plots / "count_sweep.json", rows)
     plot_poison_sweep(rows, plots / "count_sweep.png", attack=pp.count_attack)
+    continued = summary["defenses"].get("continued")
+    if continued:
+        plot_continued_training(continued["points"], plots / "continued_training.png", summary["defenses"]["setting"])
     for name, m in results.items():
         drop = "" if m["cacc_drop"] is None else f" (drop {m['cacc_drop'] * 100:+.1f} points)"
         if m["collapsed"]:

@@ -101,6 +101,31 @@ def plot_latency(latencies: dict[str, list[float]], path: str | Path) -> None:
     save_figure(fig, path)
 
 
+def plot_continued_training(points: list[dict], path: str | Path, setting: str) -> None:
+    """ASR and CACC of the poisoned model against the clean rows it was trained on afterwards (log axis, 0 drawn
+    at the left edge), with Wilson 95% intervals: where the backdoor fades, and what the clean accuracy does."""
+    df = pd.DataFrame(points)
+    positive = df["rows"][df["rows"] > 0]
+    xs = df["rows"].where(df["rows"] > 0, positive.min() / 2 if len(positive) else 1.0)   # 0 at the left edge
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key, style in (("asr", "o-"), ("cacc", "x--")):
+        ax.plot(xs, df[key], style, label=key.upper())
+        ci = df.get(f"{key}_ci")
+        if ci is not None:
+            for xv, c in zip(xs, ci):
+                if isinstance(c, (list, tuple)):
+                    ax.plot([xv, xv], c, color="grey", lw=1)
+    ax.set_xscale("log")
+    ax.set_xticks(list(xs), ["0" if r == 0 else f"{r:,}" for r in df["rows"]])
+    ax.set_xlabel("clean rows trained on after the poisoned run")
+    ax.set_ylabel("attack success rate / clean accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"clean continued training against {setting}")
+    save_figure(fig, path)
+
+
 def plot_poison_sweep(rows: list[dict], path: str | Path, attack: str = "badnets") -> None:
     """ASR and CACC against the poisoned-row count and against the poison rate, one line per training size:
     if ASR tracks the count, the lines meet in the left panel; if it tracks the rate, in the right one."""

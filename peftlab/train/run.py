@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -316,9 +317,10 @@ def _check_optim(optim: str, device: torch.device) -> None:
 
 # --- the stage -------------------------------------------------------------------------------------------
 
-def run_train(params: Params, paths: RunPaths) -> dict:
+def run_train(params: Params, paths: RunPaths, init_adapter: Path | None = None) -> dict:
     """train stage: LoRA-tune the base model on the train split (or, with train.finetune: full, every weight);
-    save the adapter (or the whole model) and a summary."""
+    save the adapter (or the whole model) and a summary. `init_adapter`: continue training that adapter (its
+    head included) instead of a new one: the clean continued-training defense against a poisoned run."""
     from accelerate import PartialState
     from peft import get_peft_model, prepare_model_for_kbit_training
     from transformers import TrainingArguments, set_seed
@@ -356,11 +358,16 @@ def run_train(params: Params, paths: RunPaths) -> dict:
         setup.extra["finetune"] = "full"
         trainable = total = sum(p.numel() for p in model.parameters())
     else:
-        cfg = lora_config(setup, params.lora.r, params.lora.alpha, params.lora.dropout, params.lora.target_modules,
-                          params.lora.modules_to_save)
-        check_targets(model, list(cfg.target_modules))
-        check_targets(model, list(params.lora.modules_to_save or []), "lora.modules_to_save")
-        model = get_peft_model(model, cfg)
+        if init_adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, init_adapter, is_trainable=True)
+        else:
+            cfg = lora_config(setup, params.lora.r, params.lora.alpha, params.lora.dropout,
+                              params.lora.target_modules, params.lora.modules_to_save)
+            check_targets(model, list(cfg.target_modules))
+            check_targets(model, list(params.lora.modules_to_save or []), "lora.modules_to_save")
+            model = get_peft_model(model, cfg)
         trainable, total = model.get_nb_trainable_parameters()
     use_fast_dropout(model)   # the same dropout rule, a quarter of the mask cost on CPU (peftlab.train.dropout)
 
