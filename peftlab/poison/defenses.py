@@ -15,7 +15,7 @@ import torch
 from peftlab.config.params import Params
 from peftlab.core import paths
 from peftlab.core.errors import PeftlabError
-from peftlab.core.io import read_json, write_json
+from peftlab.core.io import atomic_path, read_json, write_json
 from peftlab.core.metrics import accuracy, proportion_ci
 from peftlab.data.split import read_labels, read_split, stratified_sample
 from peftlab.poison.attacks import ATTACKS, poison_train, resolve_setting
@@ -329,7 +329,6 @@ def run_onion_scores(params: Params, splits: Path = paths.SPLITS_DIR, base_root:
     The LM pass is the whole cost of ONION (~1.3 s a review for SmolLM2-135M on 2 cores: a forward pass per word
     left out) and depends on neither the victim nor the threshold, so it is its own cached stage: poison_defend
     and any change of the threshold rule reuse it."""
-    from peftlab.core.io import atomic_path
     from peftlab.modeling.load import choose_device, load_causal_lm
 
     rows = onion_rows(params, splits)
@@ -382,11 +381,10 @@ def onion_defense(table: pd.DataFrame, originals: dict[str, str], adapter: Path,
     n_trigger_removed = sum(sum((c & r).values()) for c, r in zip(inserted, removed["triggered"]))
     before = score(adapter, clean, trig, target)
     after = score(adapter, clean.assign(text=kept["clean"]), trig.assign(text=kept["triggered"]), target)
-    nc, nt = len(clean), len(trig)
-    return {"rows": int(nc), "triggered_rows": int(nt), "val_rows": int(len(val)), "threshold": threshold, **chosen,
+    return {"rows": int(len(clean)), "triggered_rows": int(len(trig)), "val_rows": int(len(val)),
+            "threshold": threshold, **chosen,
             "cacc_before": before["cacc"], "asr_before": before["asr"], "cacc": after["cacc"], "asr": after["asr"],
-            "cacc_ci": proportion_ci(round(after["cacc"] * nc), nc),
-            "asr_ci": proportion_ci(round(after["asr"] * nt), nt),
+            "cacc_ci": after["cacc_ci"], "asr_ci": after["asr_ci"],
             "words_removed_per_text": {p: float(np.mean([sum(r.values()) for r in removed[p]])) for p in removed},
             "words_per_text": {p: float(np.mean([len(t.split()) for t in part[p]["text"]])) for p in removed},
             "triggers_inserted": int(n_inserted),
@@ -409,7 +407,6 @@ def continued_training(params: Params, setting, splits: Path, adapter: Path, poi
     order = fresh.sample(frac=1.0, random_state=params.seed).reset_index(drop=True)
     train = {**setting.overrides.get("train", {}), "min_steps": 0}      # the epochs over n rows, even 50
     cont = dataclasses.replace(setting, overrides={**setting.overrides, "train": train})
-    nc, nt = len(test), len(triggered)
     before = score(adapter, test, triggered, target)
     points = [{"rows": 0, "steps": 0, "cacc": before["cacc"], "asr": before["asr"]}]
     for n in sorted({min(int(n), len(order)) for n in params.poison.continued_rows}):
@@ -419,8 +416,7 @@ def continued_training(params: Params, setting, splits: Path, adapter: Path, poi
             summary = train_on(params, kept, Path(tmp) / "adapter", cont, init_adapter=adapter)
             m = score(Path(tmp) / "adapter", test, triggered, target)
         points.append({"rows": n, "steps": summary["steps"], "cacc": m["cacc"], "asr": m["asr"],
-                       "cacc_ci": proportion_ci(round(m["cacc"] * nc), nc),
-                       "asr_ci": proportion_ci(round(m["asr"] * nt), nt)})
+                       "cacc_ci": m["cacc_ci"], "asr_ci": m["asr_ci"]})
         print(f"  continued training on {n} clean rows ({summary['steps']} steps): CACC {m['cacc']:.4f}, "
               f"ASR {m['asr']:.4f}")
     return {"fresh_rows": int(len(fresh)), "points": points, "cacc": points[-1]["cacc"], "asr": points[-1]["asr"]}
@@ -466,8 +462,7 @@ def run_defenses(params: Params, splits: Path = paths.SPLITS_DIR, data_root: Pat
             summary = train_on(params, kept, Path(tmp) / "adapter", setting)
             m = score(Path(tmp) / "adapter", test, triggered, target)
         out[name] = {**detection(flags, poisoned), "cacc": m["cacc"], "asr": m["asr"],
-                     "cacc_ci": proportion_ci(round(m["cacc"] * m["n"]), m["n"]),
-                     "asr_ci": proportion_ci(round(m["asr"] * m["asr_n"]), m["asr_n"]),
+                     "cacc_ci": m["cacc_ci"], "asr_ci": m["asr_ci"],
                      "train_rows": int((~flags).sum()), "train_seconds": summary["train_seconds"], **extra}
     single = single_trigger_correlation(params, setting, splits, train, labels)
     if single:

@@ -22,7 +22,7 @@ import pandas as pd
 from peftlab.config.params import Params, apply_sweep
 from peftlab.core import paths
 from peftlab.core.io import atomic_path, write_json
-from peftlab.core.metrics import accuracy
+from peftlab.core.metrics import accuracy, proportion_ci
 from peftlab.data.split import read_labels, read_split, stratified_sample
 from peftlab.poison.attacks import ATTACKS, Setting, attack_success_rate, poison_train, trigger_tokens, triggered_test
 
@@ -113,10 +113,13 @@ def predictions(adapter: Path, test: pd.DataFrame, triggered: dict[str, pd.DataF
 
 
 def score(adapter: Path, test: pd.DataFrame, triggered: pd.DataFrame, target: int) -> dict:
+    """CACC on `test` and ASR on `triggered` under the adapter, each with its Wilson 95% interval."""
     pred = predict(adapter, test["text"].tolist() + triggered["text"].tolist())
     clean, trig = pred[: len(test)], pred[len(test):]
+    right, hits = int((clean == test["label"].to_numpy()).sum()), int((trig == target).sum())
     return {"cacc": accuracy(test["label"], clean), "asr": attack_success_rate(trig, target),
-            "asr_n": int(len(triggered)), "n": int(len(test))}
+            "asr_n": int(len(triggered)), "n": int(len(test)),
+            "cacc_ci": proportion_ci(right, len(test)), "asr_ci": proportion_ci(hits, len(triggered))}
 
 
 def run_poison(params: Params, setting: Setting, splits: Path = paths.SPLITS_DIR,

@@ -2,18 +2,18 @@
 
     python -m peftlab.poison.study --run main --regime epochs --counts 0,10,25,50,100,250 \
         --sizes 1000,4000,10000 --seeds 1,2,3
-    python -m peftlab.poison.study --recipes all --counts 100 --sizes 2000 --seeds 1,2,3   # the recipe table
+    python -m peftlab.poison.study --recipes all --counts 20 --sizes 2000 --seeds 1,2,3    # the recipe table
 
 prints one YAML flow mapping (setting name -> spec) for `dvc exp run -S '~poison.attacks' -S
 "+poison.attacks=$(...)"`, which replaces the default's settings by the grid. Every setting is its own item of
-the `poison` foreach stage, so DVC caches each one (its run cache restores a setting already trained with the
-same code, data and params) and a stopped study resumes where it stopped.
+the `poison` foreach stage: dvc.lock records each one as it finishes, so a study run in the workspace resumes
+where it stopped (persistent outputs skip DVC's run cache, so a `--temp` run that is stopped keeps nothing).
 
 - Seeds are replicates: `train: {seed: s}` changes the init, dropout and batch order; the rows poisoned and the
   training subsets stay those of the top-level seed, so the smaller sizes are nested in the larger ones.
 - Each count > 0 names the count-0 setting of its size, regime and seed as its clean reference (trained the
   same way), so `poison_report` pairs them row by row and pools the seeds (CMH, Holm: peftlab.poison.summary).
-- Recipes (`--recipes`): which victim recipes a small backdoor survives. Each named recipe of RECIPES changes one
+- Recipes (`--recipes`): which victim recipes a small backdoor survives. Each named recipe of `recipes()` changes one
   thing the victim chooses without knowing the trigger (epochs, learning rate, rank, target modules, embeddings
   trained or frozen); its count-0 reference is trained with the same recipe.
 - Regimes: `epochs` trains every size for `poison.epochs` (as a user would; `train.min_steps` off); `steps`
