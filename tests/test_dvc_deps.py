@@ -168,10 +168,19 @@ def missing_code_deps(stage: dict) -> tuple[list[str], list[str]]:
 
 
 def _load() -> dict[str, dict]:
-    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))
-    params_file = REPO / "params.yaml"
-    params = yaml.safe_load(params_file.read_text(encoding="utf-8")) if params_file.exists() else {}
-    return expand_stages(dvc, params or {})
+    """The root dvc.yaml's stages and those of every other dvc.yaml one folder down (study/dvc.yaml: DVC names
+    them `study/dvc.yaml:<stage>`), each interpolated from the params.yaml beside it, its wdir made relative to
+    the repo root."""
+    stages: dict[str, dict] = {}
+    for path in [REPO / "dvc.yaml", *sorted(REPO.glob("*/dvc.yaml"))]:
+        dvc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        params_file = path.parent / "params.yaml"
+        params = yaml.safe_load(params_file.read_text(encoding="utf-8")) if params_file.exists() else {}
+        prefix = "" if path.parent == REPO else f"{path.parent.relative_to(REPO).as_posix()}/dvc.yaml:"
+        for name, stage in expand_stages(dvc, params or {}).items():
+            wdir = (path.parent / stage.get("wdir", ".")).resolve().relative_to(REPO).as_posix()
+            stages[prefix + name] = {**stage, "wdir": wdir}
+    return stages
 
 
 STAGES = _load()

@@ -643,7 +643,7 @@ def test_seed_replicates_are_pooled_with_a_cmh_test_and_a_t_interval():
     assert two["bn-s1"]["settings"] == ["bn-s1", "bn-s2"]
     report = study_report(out, [], settings)
     assert "| bn\\-s1 |" in report and "| 100 | 20 |" in report     # the group's row: size and count
-    assert f"| badnets | main | {DASH} | 100 | 20 |" in report        # its gain is significant: smallest count 20
+    assert f"| badnets | main | epochs | {DASH} | 100 | 20 |" in report   # a significant gain: smallest count 20
 
 
 def test_count_or_rate_compares_sizes_at_equal_count_and_at_equal_rate():

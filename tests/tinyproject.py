@@ -20,7 +20,8 @@ from conftest import REPO, build_tiny_model, toy_frame
 
 # Committed results of the lead's run (the copy makes its own), and the tests (which hold the fake secrets that
 # the copy is searched for).
-SKIP = ("dvc.lock", "metrics/", "plots/", "reports/", "dvclive/", "checkpoints/", "data/", "models/", "tests/")
+SKIP = ("dvc.lock", "study/dvc.lock", "metrics/", "plots/", "reports/", "dvclive/", "checkpoints/", "data/", "models/",
+        "tests/")
 LABEL_MAP = {"neg": "negative", "pos": "positive"}
 PARAMS = {
     "seed": 7,

@@ -29,7 +29,15 @@ POISON_DATA = Path("data/poison")
 POISON_METRICS = Path("metrics/poison")          # one file per setting, and defenses.json
 POISON_SUMMARY = Path("metrics/poison.json")
 POISON_PLOTS = Path("plots/poison")
-POISON_STUDY_REPORT = Path("reports/poison_study.md")   # seed replicates pooled, count or rate
+POISON_REPORT = Path("reports/poison.md")          # the default's settings: seed groups (if any), count or rate
+# The full poisoning study (study/dvc.yaml): the same layout under its own roots, so its runs never touch the default's
+STUDY_PARAMS = Path("study/params.yaml")           # its grid, and the poison.attacks it expands to
+STUDY_DATA = Path("data/study")
+STUDY_METRICS = Path("metrics/study")
+STUDY_ADAPTERS = Path("models/adapters/study")
+STUDY_SUMMARY = Path("metrics/study.json")
+STUDY_PLOTS = Path("plots/study")
+POISON_STUDY_REPORT = Path("reports/poison_study.md")   # the study's seed groups, smallest count, count or rate
 ONION_SCORES = Path("data/onion/scores.parquet")   # ONION's per-word LM scores (poison_onion), read by poison_defend
 REPORTS = Path("reports")
 COMPARE_PLOTS = Path("plots/compare")

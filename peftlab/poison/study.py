@@ -1,13 +1,15 @@
 """The poisoning study's grid as `poison.attacks` settings: counts x training sizes x seeds, in one regime.
 
-    python -m peftlab.poison.study --run main --regime epochs --counts 0,10,25,50,100,250 \
-        --sizes 1000,4000,10000 --seeds 1,2,3
+    dvc repro study/dvc.yaml                              # the full study: study/params.yaml's grid
+    python -m peftlab.poison.study --sync study/params.yaml   # after editing that grid: rewrite its `attacks`
+    python -m peftlab.poison.study --run main --regime epochs --counts 0,25,50 --sizes 1000,4000 --seeds 1,2,3
     python -m peftlab.poison.study --recipes all --counts 20 --sizes 2000 --seeds 1,2,3    # the recipe table
 
-prints one YAML flow mapping (setting name -> spec) for `dvc exp run -S '~poison.attacks' -S
-"+poison.attacks=$(...)"`, which replaces the default's settings by the grid. Every setting is its own item of
-the `poison` foreach stage: dvc.lock records each one as it finishes, so a study run in the workspace resumes
-where it stopped (persistent outputs skip DVC's run cache, so a `--temp` run that is stopped keeps nothing).
+The study is its own pipeline (study/dvc.yaml): every setting of its grid is one stage writing under data/study,
+metrics/study and models/adapters/study, recorded in study/dvc.lock as it finishes, so a stopped study resumes
+where it stopped and a grown grid runs only its new settings; its report stage writes reports/poison_study.md
+from whatever has run. The printing form (one YAML flow mapping) is for a quick look through the default
+pipeline: `dvc exp run -S '~poison.attacks' -S "+poison.attacks=$(...)"`.
 
 - Seeds are replicates: `train: {seed: s}` changes the init, dropout and batch order; the rows poisoned and the
   training subsets stay those of the top-level seed, so the smaller sizes are nested in the larger ones.
@@ -24,9 +26,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
+from pathlib import Path
 
 import yaml
+
+from peftlab.config.params import Params, read_params_file
+from peftlab.core import paths
+from peftlab.core.errors import PeftlabError
 
 REGIMES = ("epochs", "steps")
 
@@ -82,14 +90,74 @@ def study_grid(run: str, regime: str, counts: list[int], sizes: list[int], seeds
     return grid
 
 
+BLOCK_KEYS = ("run", "regime", "counts", "sizes", "seeds", "attack", "test_rows", "recipes", "attention", "embeddings")
+
+
+def expand(blocks: list[dict], batch_size: int, where: str = str(paths.STUDY_PARAMS)) -> dict[str, dict]:
+    """The study file's `grid` blocks (one family, regime or recipe set each: the chunks a session runs) ->
+    poison.attacks, in the blocks' order, so `dvc repro` runs the first block's settings first."""
+    attacks: dict[str, dict] = {}
+    for i, b in enumerate(blocks):
+        key = f"{where}: grid[{i}]"
+        if not isinstance(b, dict) or sorted(set(b) - set(BLOCK_KEYS)):
+            raise PeftlabError(f"{key} = {b!r} is invalid; allowed: a mapping of {', '.join(BLOCK_KEYS)}")
+        missing = [k for k in ("counts", "sizes", "seeds") if not b.get(k)]
+        if missing:
+            raise PeftlabError(f"{key}.{missing[0]} is missing; allowed: a non-empty list of integers")
+        chosen = None
+        if b.get("recipes"):
+            table = recipes(b.get("attention", ATTENTION), b.get("embeddings", EMBEDDINGS))
+            names = list(table) if b["recipes"] == "all" else list(b["recipes"])
+            bad = [n for n in names if n not in table]
+            if bad:
+                raise PeftlabError(f"{key}.recipes has {bad[0]!r}; allowed: {', '.join(table)} or all")
+            chosen = {n: table[n] for n in names}
+        try:
+            grid = study_grid(b.get("run", "main"), b.get("regime", "epochs"), list(b["counts"]), list(b["sizes"]),
+                              list(b["seeds"]), batch_size, b.get("attack", "badnets"), b.get("test_rows"), chosen)
+        except ValueError as e:
+            raise PeftlabError(f"{key}: {e}") from None
+        again = sorted(set(grid) & set(attacks))
+        if again:
+            raise PeftlabError(f"{key} repeats setting {again[0]!r} of an earlier block; allowed: each setting once")
+        attacks.update(grid)
+    return attacks
+
+
+def study_params(params: Params, path: str | Path = paths.STUDY_PARAMS) -> Params:
+    """The default's params with poison.attacks replaced by the study's settings and no count sweep. The file's
+    `attacks` (what DVC's foreach reads) must be its `grid` expanded, or a grid edit would run stale settings."""
+    raw = read_params_file(path)
+    attacks = raw.get("attacks") or {}
+    if attacks != expand(raw.get("grid") or [], params.poison.batch_size, str(path)):
+        raise PeftlabError(f"{path}: attacks is not the expansion of grid; allowed: the output of "
+                           f"`python -m peftlab.poison.study --sync {path}`")
+    return dataclasses.replace(params, poison=dataclasses.replace(params.poison, attacks=attacks, counts=[], sizes=[]))
+
+
+def sync(path: str | Path, batch_size: int) -> int:
+    """Rewrite the study file's `attacks:` section from its `grid` (everything above `attacks:` is kept, comments
+    included), one setting per line."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    head = text.split("\nattacks:", 1)[0].rstrip("\n") + "\n"
+    attacks = expand(read_params_file(path).get("grid") or [], batch_size, str(path))
+    flow = lambda v: yaml.safe_dump(v, default_flow_style=True, width=float("inf"), sort_keys=False).strip()  # noqa: E731
+    body = "".join(f"  {name}: {flow(spec)}\n" for name, spec in attacks.items())
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(head + "attacks:                 # generated from grid by --sync: do not edit\n" + body)
+    tmp.replace(path)
+    return len(attacks)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ints = lambda s: [int(x) for x in s.split(",") if x]   # noqa: E731
     ap.add_argument("--run", default="main", help="main or a sweep key (the attacked run)")
     ap.add_argument("--regime", default="epochs", choices=REGIMES)
-    ap.add_argument("--counts", type=ints, required=True)
-    ap.add_argument("--sizes", type=ints, required=True)
-    ap.add_argument("--seeds", type=ints, required=True)
+    ap.add_argument("--counts", type=ints)
+    ap.add_argument("--sizes", type=ints)
+    ap.add_argument("--seeds", type=ints)
     ap.add_argument("--batch-size", type=int, default=8, help="poison.batch_size (for the steps regime)")
     ap.add_argument("--attack", default="badnets")
     ap.add_argument("--test-rows", type=int, default=None, help="a stratified test subset (decoders)")
@@ -97,7 +165,14 @@ def main() -> None:
                                                      f"{', '.join(recipes())}")
     ap.add_argument("--attention", default=ATTENTION, help="the attention-only recipe's target modules")
     ap.add_argument("--embeddings", default=EMBEDDINGS, help="the embeddings recipe's modules_to_save")
+    ap.add_argument("--sync", metavar="FILE", help=f"rewrite FILE's attacks from its grid (the study: "
+                                                   f"{paths.STUDY_PARAMS}; then `dvc repro study/dvc.yaml`)")
     args = ap.parse_args()
+    if args.sync:
+        print(f"{args.sync}: {sync(args.sync, args.batch_size)} settings")
+        return
+    if not (args.counts and args.sizes and args.seeds):
+        ap.error("--counts, --sizes and --seeds are required (or --sync FILE)")
     table = recipes(args.attention, args.embeddings)
     chosen = None
     if args.recipes:

@@ -218,6 +218,15 @@ STUDY_ALPHA = 0.05   # family-wise level of the study's Holm-corrected tests
 RECIPE_ASR = 0.90    # the recipe table's bar: a backdoor that works (issue 17: BadNets at <= 1% reaching 0.90)
 
 
+REGIME_KEYS = ("train.max_steps", "train.min_steps")   # how the study fixes epochs or steps (its regime)
+
+
+def regime(setting: Setting) -> str:
+    """`steps` when the victim trains a fixed number of optimiser steps (the study's equal-updates regime:
+    train.max_steps), else `epochs`."""
+    return "steps" if setting.overrides.get("train", {}).get("max_steps") else "epochs"
+
+
 def recipe_rows(seeds: dict[str, dict], settings: list[Setting]) -> list[list[str]]:
     """The recipe table's rows: seed groups sharing attack, run, count and size, two or more recipes each, every
     group shown by what its recipe changes from the overrides all of them share."""
@@ -227,10 +236,12 @@ def recipe_rows(seeds: dict[str, dict], settings: list[Setting]) -> list[list[st
     blocks: dict[tuple, list[tuple[dict, dict]]] = {}
     for g in seeds.values():
         s = by_name[g["settings"][0]]
-        blocks.setdefault((s.attack, s.run, s.train_rows, s.budget(s.train_rows or 0), s.test_rows),
-                          []).append((recipe(s), g))
+        # the regime (epochs or fixed steps) is the study's design, not a victim's recipe: compared within one
+        rec = {k: v for k, v in recipe(s).items() if k not in REGIME_KEYS}
+        blocks.setdefault((s.attack, s.run, s.train_rows, s.budget(s.train_rows or 0), s.test_rows, regime(s)),
+                          []).append((rec, g))
     rows = []
-    for (attack, run, size, count, _), members in blocks.items():
+    for (attack, run, size, count, _, _), members in blocks.items():
         if len({repr(sorted(r.items())) for r, _ in members}) < 2:
             continue
         shared = {k: v for k, v in members[0][0].items() if all(k in r and r[k] == v for r, _ in members)}
@@ -245,41 +256,99 @@ def recipe_rows(seeds: dict[str, dict], settings: list[Setting]) -> list[list[st
     return rows
 
 
-def study_report(seeds: dict[str, dict], comparisons: list[dict], settings: list[Setting]) -> str:
-    """reports/poison_study.md: the seed-pooled groups (mean ASR and gain with 95% t intervals over the seeds, CMH
-    and Holm p), the smallest count with a significant gain per attack, run, recipe and size, and the count-or-
-    rate comparisons."""
+def recipe_cell(setting: Setting) -> str:
+    """The recipe apart from the seed and the regime's step settings, as `key=value` pairs."""
+    return ", ".join(f"{k}={v}" for k, v in recipe(setting).items() if k not in REGIME_KEYS)
+
+
+def count_law_rows(seeds: dict[str, dict], settings: list[Setting]) -> list[dict]:
+    """One row per seed group of the attacked runs' own recipes (no recipe change): run, regime, size, count,
+    rate, and the mean ASR and gain with their intervals: the count-law figure's points."""
+    by_name = {s.name: s for s in settings}
+    rows = []
+    for g in seeds.values():
+        s = by_name[g["settings"][0]]
+        if recipe_cell(s):
+            continue
+        count = s.budget(s.train_rows or 0)
+        rows.append({"run": s.run, "regime": regime(s), "size": s.train_rows, "count": count,
+                     "rate": count / s.train_rows, "asr": g["asr_mean"], "asr_ci": g["asr_ci"],
+                     "gain": g["gain_mean"], "gain_ci": g["gain_ci"], "seeds": len(g["settings"])})
+    return rows
+
+
+def verdict(comparisons: list[dict]) -> str:
+    """Count or rate, by the rule stated in the report: the equal-count pairs do not differ while the equal-rate
+    pairs do (count), or the reverse (rate); anything else decides neither."""
+    sig = {kind: sum(c["p_holm"] < STUDY_ALPHA for c in comparisons if c["kind"] == kind)
+           for kind in ("equal count", "equal rate")}
+    n = {kind: sum(c["kind"] == kind for c in comparisons) for kind in sig}
+    tally = f"equal count: {sig['equal count']} of {n['equal count']} differ; " \
+            f"equal rate: {sig['equal rate']} of {n['equal rate']} differ"
+    if not n["equal count"] or not n["equal rate"]:
+        return f"undecided: needs both kinds of pair ({tally})"
+    if sig["equal count"] == 0 and sig["equal rate"] > 0:
+        return f"count ({tally})"
+    if sig["equal rate"] == 0 and sig["equal count"] > 0:
+        return f"rate ({tally})"
+    return f"neither rule alone ({tally})"
+
+
+def study_report(seeds: dict[str, dict], comparisons: list[dict], settings: list[Setting],
+                 pending: list[str] | None = None, collapsed: list[str] | None = None,
+                 path: str = str(paths.POISON_REPORT),
+                 summary: str = str(paths.POISON_SUMMARY), plots: str = str(paths.POISON_PLOTS)) -> str:
+    """The poisoning report (the default's reports/poison.md, the study's reports/poison_study.md): the seed-pooled
+    groups (mean ASR and gain with 95% t intervals over the seeds, CMH and Holm p), the smallest count with a
+    significant gain per attack, run, regime, recipe and size, and the count-or-rate comparisons with a verdict
+    per run and regime."""
     from peftlab.report.format import DASH, escape_md, fmt_ci, fmt_p, md_table
 
-    lines = ["# Poisoning study", "",
-             "Written by `poison_report` from every setting's per-row predictions (`metrics/poison.json`: `seeds`, "
-             "`count_or_rate`). A group is one setting trained with several `train.seed` values, each paired with "
-             "its clean reference on the same triggered rows; intervals are 95% t intervals over the seeds; p: "
-             f"Cochran-Mantel-Haenszel across the seeds, Holm-corrected over the groups (alpha {STUDY_ALPHA}).", ""]
+    title = "Poisoning study" if Path(path) == paths.POISON_STUDY_REPORT else "Poisoning: the default's settings"
+    lines = [f"# {title}", "",
+             f"Written from every setting's per-row predictions (`{summary}`: `seeds`, `count_or_rate`). A group is "
+             "one setting trained with several `train.seed` values, each paired with its clean reference (the same "
+             "run, regime and recipe, count 0) on the same triggered rows; intervals are 95% t intervals over the "
+             "seeds; p: Cochran-Mantel-Haenszel across the seeds, Holm-corrected over the groups (alpha "
+             f"{STUDY_ALPHA}). Regime `epochs`: every size trains `poison.epochs`; `steps`: every size trains the "
+             "optimiser steps of one epoch of the largest size.", ""]
+    if pending:
+        lines += [f"Not run yet ({len(pending)} settings; `dvc repro study/dvc.yaml` resumes): "
+                  + ", ".join(f"`{p}`" for p in pending[:12]) + (" ..." if len(pending) > 12 else ""), ""]
+    if collapsed:
+        lines += [f"Left out as training failures, not attack results ({len(collapsed)} settings: the victim predicts "
+                  "one class for nearly every clean test row, so its ASR is that class's share; its seed group keeps "
+                  "the other seeds, and a count > 0 whose clean reference collapsed is left out too): "
+                  + ", ".join(f"`{c}`" for c in collapsed), ""]
     if not seeds:
-        lines += ["No seed replicates in this run: the default trains one seed per setting. The study's grid is "
-                  "one command (README, \"The poisoning study\": `python -m peftlab.poison.study`).", ""]
+        lines += ["No seed replicates in this run: the default trains one seed per setting. The study is "
+                  "`dvc repro study/dvc.yaml` (README, \"The poisoning study\"), written to "
+                  f"`{paths.POISON_STUDY_REPORT}`.", ""]
         return "\n".join(lines)
     by_name = {s.name: s for s in settings}
     rows, smallest = [], {}
     for name, g in seeds.items():
         s = by_name[g["settings"][0]]
-        recipe_cell = ", ".join(f"{k}={v}" for k, v in recipe(s).items())
         count = s.budget(s.train_rows or 0)
-        rows.append([escape_md(name), escape_md(s.run), escape_md(recipe_cell) or DASH, str(s.train_rows), str(count),
-                     str(len(g["settings"])), fmt_ci(g["asr_mean"], *g["asr_ci"]),
-                     fmt_ci(g["gain_mean"], *g["gain_ci"], signed=True), fmt_p(g["cmh_p"]), fmt_p(g["cmh_p_holm"])])
-        key = (s.attack, s.run, recipe_cell, s.train_rows)
+        rows.append([escape_md(name), escape_md(s.run), regime(s), escape_md(recipe_cell(s)) or DASH,
+                     str(s.train_rows), str(count), str(len(g["settings"])), fmt_ci(g["cacc_mean"], *g["cacc_ci"]),
+                     fmt_ci(g["asr_mean"], *g["asr_ci"]), fmt_ci(g["gain_mean"], *g["gain_ci"], signed=True),
+                     fmt_p(g["cmh_p"]), fmt_p(g["cmh_p_holm"])])
+        key = (s.attack, s.run, regime(s), recipe_cell(s), s.train_rows)
         if g["cmh_p_holm"] < STUDY_ALPHA and g["gain_mean"] > 0:
-            smallest[key] = min(count, smallest.get(key, count))
+            smallest[key] = min(count, smallest.get(key) or count)
         else:
             smallest.setdefault(key, None)
-    lines += ["## Seed groups", "", md_table(["group", "run", "recipe", "train rows", "poisoned", "seeds",
-                                              "ASR [95% CI]", "ASR gain [95% CI]", "CMH p", "Holm p"], rows)]
+    lines += ["## Seed groups", "", md_table(["group", "run", "regime", "recipe", "train rows", "poisoned", "seeds",
+                                              "CACC [95% CI]", "ASR [95% CI]", "ASR gain [95% CI]", "CMH p",
+                                              "Holm p"], rows)]
     lines += ["## Smallest count with a significant ASR gain", "",
-              md_table(["attack", "run", "recipe", "train rows", "smallest count (Holm p < alpha)"],
-                       [[escape_md(a), escape_md(r), escape_md(rc) or DASH, str(n), "none of those tried" if c is None
-                         else str(c)] for (a, r, rc, n), c in smallest.items()])]
+              md_table(["attack", "run", "regime", "recipe", "train rows", "smallest count (Holm p < alpha)"],
+                       [[escape_md(a), escape_md(r), rg, escape_md(rc) or DASH, str(n),
+                         "none of those tried" if c is None else str(c)]
+                        for (a, r, rg, rc, n), c in sorted(smallest.items(), key=lambda kv: repr(kv[0]))])]
+    if any(not recipe_cell(by_name[g["settings"][0]]) for g in seeds.values()):
+        lines += [f"![ASR gain against the count and the rate]({Path(plots, 'count_law.png').as_posix()})", ""]
     recipes = recipe_rows(seeds, settings)
     if recipes:
         lines += ["## Victim recipes", "",
@@ -291,28 +360,39 @@ def study_report(seeds: dict[str, dict], comparisons: list[dict], settings: list
                             "ASR [95% CI]", "ASR gain [95% CI]", "Holm p", "gain significant",
                             f"ASR >= {RECIPE_ASR}"], recipes)]
     if comparisons:
+        blocks: dict[tuple, list[dict]] = {}
+        for c in comparisons:
+            s = by_name[seeds[c["a"]]["settings"][0]]
+            blocks.setdefault((s.run, regime(s), recipe_cell(s)), []).append(c)
         lines += ["## Count or rate?", "",
                   "Two sizes at the same count (or the same rate): CMH across the seeds that both hit the target "
-                  "equally often on the same triggered rows, Holm over these comparisons. ASR follows the count "
+                  "equally often on the same triggered rows, Holm over all these comparisons. ASR follows the count "
                   "if the equal-count pairs do not differ while the equal-rate pairs do.", "",
-                  md_table(["comparison", "sizes", "counts", "ASR", "seeds", "CMH p", "Holm p"],
-                           [[c["kind"], " vs ".join(map(str, c["sizes"])), " vs ".join(map(str, c["counts"])),
-                             " vs ".join(f"{a:.3f}" for a in c["asr"]), str(c["seeds"]), fmt_p(c["cmh_p"]),
-                             fmt_p(c["p_holm"])] for c in comparisons])]
+                  md_table(["run", "regime", "recipe", "verdict"],
+                           [[escape_md(r), rg, escape_md(rc) or DASH, verdict(cs)]
+                            for (r, rg, rc), cs in blocks.items()]),
+                  md_table(["run", "regime", "comparison", "sizes", "counts", "ASR", "seeds", "CMH p", "Holm p"],
+                           [[escape_md(r), rg, c["kind"], " vs ".join(map(str, c["sizes"])),
+                             " vs ".join(map(str, c["counts"])), " vs ".join(f"{a:.3f}" for a in c["asr"]),
+                             str(c["seeds"]), fmt_p(c["cmh_p"]), fmt_p(c["p_holm"])]
+                            for (r, rg, _), cs in blocks.items() for c in cs])]
     return "\n".join(lines)
 
 
 def summarize(pp: PoisonParams, labels: list[str], metrics_root: Path = paths.POISON_METRICS,
               data_root: Path = paths.POISON_DATA, clean_metrics: Path = paths.MAIN_EVAL_METRICS,
               out: Path = paths.POISON_SUMMARY, plots: Path = paths.POISON_PLOTS,
-              study: Path = paths.POISON_STUDY_REPORT) -> dict:
+              study: Path = paths.POISON_REPORT, partial: bool = False) -> dict:
     """poison_report stage: every setting keyed by its name, with its CACC drop and paired ASR gain against the
-    clean model trained the same way (`Setting.reference_name`; the main run for whole-split settings)."""
-    from peftlab.report.plots import plot_continued_training, plot_poison_sweep
+    clean model trained the same way (`Setting.reference_name`; the main run for whole-split settings).
+    `partial` (the study, which runs in chunks): settings not run yet are left out and listed, not an error."""
+    from peftlab.report.plots import plot_continued_training, plot_count_law, plot_poison_sweep
 
     target = labels.index(pp.target)
     sweep = sweep_settings(pp)
     settings = [setting_from_params(pp, k) for k in pp.attacks] + sweep
+    pending = [s.name for s in settings if partial and not paths.poison_metrics(s.name, metrics_root).exists()]
+    settings = [s for s in settings if s.name not in pending]
     results = {s.name: read_json(paths.poison_metrics(s.name, metrics_root)) for s in settings}
     preds = {s.name: pd.read_parquet(paths.poison_predictions(s.name, data_root)) for s in settings}
     main_acc = read_json(clean_metrics)["accuracy"] if clean_metrics.exists() else None
@@ -334,12 +414,18 @@ def summarize(pp: PoisonParams, labels: list[str], metrics_root: Path = paths.PO
         c = collapse(own["label"], own["pred"], labels)
         m.update(collapsed=c["collapsed"], collapsed_class=c["collapsed_class"], pred_share=c["pred_share"])
     seeds = across_seeds(settings, preds, target, {k: bool(v.get("collapsed")) for k, v in results.items()})
-    summary = {**results, "defenses": read_json(paths.defenses_metrics(metrics_root)), "seeds": seeds,
-               "count_or_rate": count_or_rate(settings, preds, seeds, target)}
+    defenses = paths.defenses_metrics(metrics_root)
+    summary = {**results, "defenses": read_json(defenses) if defenses.exists() or not partial else {},
+               "seeds": seeds, "count_or_rate": count_or_rate(settings, preds, seeds, target),
+               **({"pending": pending} if partial else {})}
     write_json(out, summary)
     study.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(study) as tmp:
-        tmp.write_text(study_report(seeds, summary["count_or_rate"], settings))
+        tmp.write_text(study_report(seeds, summary["count_or_rate"], settings, pending,
+                                    [k for k, v in results.items() if v.get("collapsed")], str(study), str(out),
+                                    str(plots)))
+    if seeds:
+        plot_count_law(count_law_rows(seeds, settings), plots / "count_law.png")
     rows = [{"size": s.train_rows, "count": results[s.name]["count"], "rate": results[s.name]["rate"],
              "asr": results[s.name]["asr"], "cacc": results[s.name]["cacc"]} for s in sweep]
     write_json(plots / "count_sweep.json", rows)

@@ -145,6 +145,37 @@ def plot_poison_sweep(rows: list[dict], path: str | Path, attack: str = "badnets
     fig.suptitle(f"{attack}: does the backdoor follow the count or the rate?")
     save_figure(fig, path)
 
+def plot_count_law(rows: list[dict], path: str | Path) -> None:
+    """The study's count law: mean ASR gain over the clean model (95% t interval over the seeds) against the
+    poisoned-row count (top) and the poison rate (bottom), one line per training size, one column per attacked run
+    and regime. Lines that meet on top: ASR follows the count; at the bottom: the rate."""
+    df = pd.DataFrame(rows)
+    panels = sorted({(r["run"], r["regime"]) for r in rows})
+    fig, axes = plt.subplots(2, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 7), squeeze=False,
+                             sharey=True)
+    for j, (run, reg) in enumerate(panels):
+        part = df[(df["run"] == run) & (df["regime"] == reg)]
+        for i, (x, xlabel) in enumerate((("count", "poisoned training rows"), ("rate", "poison rate"))):
+            ax = axes[i][j]
+            for size, line in part.sort_values(x).groupby("size"):
+                err = np.array([[g - lo for g, (lo, _) in zip(line["gain"], line["gain_ci"])],
+                                [hi - g for g, (_, hi) in zip(line["gain"], line["gain_ci"])]])
+                ax.errorbar(line[x], line["gain"], yerr=err, marker="o", capsize=3, label=f"{size} rows")
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.set_xlabel(xlabel)
+            ax.grid(alpha=0.3)
+            if x == "rate":
+                ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.1%}"))
+            if i == 0:
+                ax.set_title(f"{run}, fixed {reg}", fontsize=10)
+                ax.legend(fontsize=8)
+        axes[0][j].set_ylim(-0.2, 1.02)
+    axes[0][0].set_ylabel("ASR gain over the clean model")
+    axes[1][0].set_ylabel("ASR gain over the clean model")
+    fig.suptitle("count or rate? mean over seeds, 95% t interval")
+    save_figure(fig, path)
+
+
 def accuracy_vs_latency(df: pd.DataFrame, path: Path) -> bool:
     """Accuracy against p50 latency (log axis), marker area by peak memory: the methods worth deploying sit
     top-left and small. Only benchmarked methods have a latency."""
