@@ -96,22 +96,25 @@ def test_the_study_report_covers_what_ran_by_regime_and_lists_what_did_not(tmp_p
     from peftlab.poison.study import study_grid
     from peftlab.poison.summary import summarize
 
-    grid = {**study_grid("main", "epochs", [0, 10, 40], [100, 400], [1, 2, 3], 8),
-            **study_grid("main", "steps", [0, 10, 40], [100, 400], [1, 2, 3], 8)}
+    grid = {**study_grid("main", "epochs", [0, 10, 20, 40], [100, 400], [1, 2, 3], 8),
+            **study_grid("main", "steps", [0, 10, 20, 40], [100, 400], [1, 2, 3], 8)}
     pp = build(PoisonParams, {"attacks": grid, "counts": [], "sizes": []}, "poison")
-    # epochs regime: ASR follows the rate (10 of 100 = 40 of 400 both plant it); steps regime: the count (40 does
-    # at either size, 10 at neither)
-    hits = {("epochs", 10, 100): 30, ("epochs", 40, 100): 38, ("epochs", 10, 400): 4, ("epochs", 40, 400): 30,
-            ("steps", 10, 100): 4, ("steps", 40, 100): 34, ("steps", 10, 400): 4, ("steps", 40, 400): 33}
+    # triggered rows (of 40) turned into the target, + seed % 2 (clean references: 3 + seed % 2). Epochs regime:
+    # ASR follows the rate (10 of 100 and 40 of 400 both plant it); steps regime: the count (40 does at either
+    # size, 10 at neither); 20 rows in the steps regime plant it in seed 1 only (CMH across these seeds: yes;
+    # the t interval over the seeds: no)
+    spread = {1: 37, 2: 5, 3: 4}
+    hits = {("epochs", 10, 100): 30, ("epochs", 20, 100): 34, ("epochs", 40, 100): 38, ("epochs", 10, 400): 4,
+            ("epochs", 20, 400): 4, ("epochs", 40, 400): 30, ("steps", 10, 100): 4, ("steps", 20, 100): spread,
+            ("steps", 40, 100): 34, ("steps", 10, 400): 4, ("steps", 20, 400): spread, ("steps", 40, 400): 33}
     missing, failed = "main-steps-c10-n400-s3", "main-epochs-c40-n100-s3"
     from peftlab.poison.attacks import setting_from_params
     for name in grid:
         s = setting_from_params(pp, name)
         if name != missing:
             seed = s.overrides["train"]["seed"]
-            write_setting(tmp_path, s, 3 + seed % 2 if s.count == 0 else hits[(name.split("-")[1], s.count,
-                                                                                  s.train_rows)] + seed % 2,
-                          collapsed=name == failed)
+            h = 3 if s.count == 0 else hits[(name.split("-")[1], s.count, s.train_rows)]
+            write_setting(tmp_path, s, (h[seed] if isinstance(h, dict) else h) + seed % 2, collapsed=name == failed)
     report = tmp_path / "poison_study.md"
     summary = summarize(pp, ["negative", "positive"], metrics_root=tmp_path / "metrics", data_root=tmp_path / "data",
                         out=tmp_path / "study.json", plots=tmp_path / "plots", study=report, partial=True)
@@ -121,10 +124,10 @@ def test_the_study_report_covers_what_ran_by_regime_and_lists_what_did_not(tmp_p
     assert text.split("Left out as training failures")[1].split("\n")[0].endswith(f"reference collapsed is left "
                                                                                   f"out too): `{failed}`")
     assert summary["seeds"]["main-epochs-c40-n100-s1"]["seeds"] == [1, 2]
-    smallest = {tuple(c.strip() for c in r.split("|")[2:6]): r.split("|")[6].strip()
+    smallest = {tuple(c.strip() for c in r.split("|")[2:6]): tuple(c.strip() for c in r.split("|")[6:8])
                 for r in text.split("## Smallest count")[1].split("##")[0].splitlines() if r.startswith("| badnets")}
-    assert smallest == {("main", "epochs", "–", "100"): "10", ("main", "epochs", "–", "400"): "40",
-                        ("main", "steps", "–", "100"): "40", ("main", "steps", "–", "400"): "40"}
+    assert smallest == {("main", "epochs", "–", "100"): ("10", "10"), ("main", "epochs", "–", "400"): ("40", "40"),
+                        ("main", "steps", "–", "100"): ("20", "40"), ("main", "steps", "–", "400"): ("20", "40")}
     verdicts = {r.split("|")[2].strip(): r.split("|")[4].strip() for r in text.split("## Count or rate?")[1]
                 .splitlines() if r.startswith("| main |") and r.count("|") == 5}
     assert verdicts["epochs"].startswith("rate (equal count: ") and verdicts["steps"].startswith("count (")

@@ -335,18 +335,26 @@ def study_report(seeds: dict[str, dict], comparisons: list[dict], settings: list
                      fmt_ci(g["asr_mean"], *g["asr_ci"]), fmt_ci(g["gain_mean"], *g["gain_ci"], signed=True),
                      fmt_p(g["cmh_p"]), fmt_p(g["cmh_p_holm"])])
         key = (s.attack, s.run, regime(s), recipe_cell(s), s.train_rows)
-        if g["cmh_p_holm"] < STUDY_ALPHA and g["gain_mean"] > 0:
-            smallest[key] = min(count, smallest.get(key) or count)
-        else:
-            smallest.setdefault(key, None)
+        # CMH conditions on these seeds (is there a gain in them?); the t interval asks whether another seed
+        # would show one too (seed-to-seed spread): both columns are given
+        significant = g["cmh_p_holm"] < STUDY_ALPHA and g["gain_mean"] > 0
+        for col, hit in enumerate((significant, significant and g["gain_ci"][0] > 0)):
+            best = smallest.setdefault(key, [None, None])
+            if hit:
+                best[col] = min(count, best[col] if best[col] is not None else count)
     lines += ["## Seed groups", "", md_table(["group", "run", "regime", "recipe", "train rows", "poisoned", "seeds",
                                               "CACC [95% CI]", "ASR [95% CI]", "ASR gain [95% CI]", "CMH p",
                                               "Holm p"], rows)]
     lines += ["## Smallest count with a significant ASR gain", "",
-              md_table(["attack", "run", "regime", "recipe", "train rows", "smallest count (Holm p < alpha)"],
-                       [[escape_md(a), escape_md(r), rg, escape_md(rc) or DASH, str(n),
-                         "none of those tried" if c is None else str(c)]
-                        for (a, r, rg, rc, n), c in sorted(smallest.items(), key=lambda kv: repr(kv[0]))])]
+              "Among the counts whose seed groups formed (collapsed victims left out). First column: the CMH "
+              "test across the seeds, Holm-corrected, with a positive mean gain. Second: also the gain's 95% t "
+              "interval over the seeds above 0, i.e. a gain that holds from seed to seed, not only in these seeds.",
+              "",
+              md_table(["attack", "run", "regime", "recipe", "train rows", "smallest count (Holm p < alpha)",
+                        "... and t interval above 0"],
+                       [[escape_md(a), escape_md(r), rg, escape_md(rc) or DASH, str(n)]
+                        + ["none of those tried" if c is None else str(c) for c in cs]
+                        for (a, r, rg, rc, n), cs in sorted(smallest.items(), key=lambda kv: repr(kv[0]))])]
     if any(not recipe_cell(by_name[g["settings"][0]]) for g in seeds.values()):
         lines += [f"![ASR gain against the count and the rate]({Path(plots, 'count_law.png').as_posix()})", ""]
     recipes = recipe_rows(seeds, settings)
