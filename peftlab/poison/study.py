@@ -90,6 +90,19 @@ def study_grid(run: str, regime: str, counts: list[int], sizes: list[int], seeds
     return grid
 
 
+def chosen_recipes(names: str | list[str] | None, attention: str = ATTENTION, embeddings: str = EMBEDDINGS,
+                   key: str = "--recipes") -> dict[str, dict] | None:
+    """`all`, a list or a comma-separated string of recipe names -> their specs (None: no recipes)."""
+    if not names:
+        return None
+    table = recipes(attention, embeddings)
+    names = list(table) if names == "all" else names.split(",") if isinstance(names, str) else list(names)
+    bad = [n for n in names if n not in table]
+    if bad:
+        raise PeftlabError(f"{key} has {bad[0]!r}; allowed: {', '.join(table)} or all")
+    return {n: table[n] for n in names}
+
+
 BLOCK_KEYS = ("run", "regime", "counts", "sizes", "seeds", "attack", "test_rows", "recipes", "attention", "embeddings")
 
 
@@ -104,14 +117,8 @@ def expand(blocks: list[dict], batch_size: int, where: str = str(paths.STUDY_PAR
         missing = [k for k in ("counts", "sizes", "seeds") if not b.get(k)]
         if missing:
             raise PeftlabError(f"{key}.{missing[0]} is missing; allowed: a non-empty list of integers")
-        chosen = None
-        if b.get("recipes"):
-            table = recipes(b.get("attention", ATTENTION), b.get("embeddings", EMBEDDINGS))
-            names = list(table) if b["recipes"] == "all" else list(b["recipes"])
-            bad = [n for n in names if n not in table]
-            if bad:
-                raise PeftlabError(f"{key}.recipes has {bad[0]!r}; allowed: {', '.join(table)} or all")
-            chosen = {n: table[n] for n in names}
+        chosen = chosen_recipes(b.get("recipes"), b.get("attention", ATTENTION), b.get("embeddings", EMBEDDINGS),
+                                f"{key}.recipes")
         try:
             grid = study_grid(b.get("run", "main"), b.get("regime", "epochs"), list(b["counts"]), list(b["sizes"]),
                               list(b["seeds"]), batch_size, b.get("attack", "badnets"), b.get("test_rows"), chosen)
@@ -173,14 +180,10 @@ def main() -> None:
         return
     if not (args.counts and args.sizes and args.seeds):
         ap.error("--counts, --sizes and --seeds are required (or --sync FILE)")
-    table = recipes(args.attention, args.embeddings)
-    chosen = None
-    if args.recipes:
-        names = list(table) if args.recipes == "all" else args.recipes.split(",")
-        bad = [n for n in names if n not in table]
-        if bad:
-            ap.error(f"--recipes has {bad[0]!r}; allowed: {', '.join(table)} or all")
-        chosen = {n: table[n] for n in names}
+    try:
+        chosen = chosen_recipes(args.recipes, args.attention, args.embeddings)
+    except PeftlabError as e:
+        ap.error(str(e))
     grid = study_grid(args.run, args.regime, args.counts, args.sizes, args.seeds, args.batch_size, args.attack,
                       args.test_rows, chosen)
     # one line of flow YAML: what `dvc exp run -S key=value` parses
