@@ -743,13 +743,28 @@ def test_recipe_grid_pairs_each_recipe_with_its_own_reference_and_the_report_tab
     report = study_report(seeds, [], settings)
     lines = [r.replace("\\", "") for r in report.split("## Victim recipes")[1].splitlines()]
     rows = {r.split(" | ")[4]: r for r in lines if r.startswith("| badnets")}
-    assert set(rows) == {DASH, "train.epochs=3.0", "train.lr=0.0001", "lora.alpha=64.0, lora.r=32",
+    assert set(rows) == {DASH, "train.epochs=3.0", "train.lr=0.0001", "train.lr=0.003", "lora.alpha=64.0, lora.r=32",
                          "lora.target_modules=['query', 'key', 'value']", "lora.modules_to_save=['word_embeddings']",
                          "lora.modules_to_save=['word_embeddings'], train.epochs=3.0"}
     # columns: ..., gain significant, ASR >= 0.90: 31-33 of 40 is a significant gain below the bar, 37-39 above
     assert rows[DASH].endswith("| yes | no |") and rows["lora.modules_to_save=['word_embeddings']"].endswith(
         "| yes | yes |")
     assert rows["train.lr=0.0001"].endswith("| no | no |") and rows["train.epochs=3.0"].endswith("| no | no |")
+    # the answer in words: which recipes reach the bar, or (none does) which came closest
+    assert "Mean ASR >= 0.9 under: `lora.modules_to_save=['word_embeddings']` (50 of 1000 rows), ASR 0.950 [" in report
+    from peftlab.poison.summary import recipe_finding, recipe_groups, recipe_points
+    below = [g for g in recipe_groups(seeds, settings) if "modules_to_save" not in g["change"]]
+    # a recipe whose victims all collapsed forms no group, and the answer still names it as tried
+    failed = [n for n in grid if "-lr1e-4-" in n]
+    report = study_report(across_seeds(settings, preds, 1, {n: True for n in failed}), [], settings,
+                          collapsed=failed)
+    assert report.count("train.lr=0.0001") == 1 and "`train.lr=0.0001` (0 of 3 seeds left)." in report
+    from peftlab.report.plots import plot_recipes
+    png = tmp_path / "recipes.png"
+    plot_recipes(recipe_points(below), 0.9, png)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert recipe_finding(below).startswith(f"None of the {len(table) - 2} recipe groups tried reaches mean ASR 0.9; "
+                                            f"the closest is `{DASH}` (50 of 1000 rows): ASR 0.800 [")
     # the printed grid goes through DVC's -S parser (no YAML anchors for the recipes' shared lists)
     import subprocess
     import sys

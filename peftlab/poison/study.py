@@ -49,6 +49,7 @@ def recipes(attention: str = ATTENTION, embeddings: str = EMBEDDINGS) -> dict[st
         "base": {},
         "epochs3": {"train": {"epochs": 3}},               # three passes over the poisoned rows instead of one
         "lr1e-4": {"train": {"lr": 1.0e-4}},               # a tenth of the default learning rate
+        "lr3e-3": {"train": {"lr": 3.0e-3}},               # 3x it: larger steps on the few poisoned rows
         "r32": {"lora": {"r": 32, "alpha": 64}},           # 4x the rank, alpha/r kept at 2
         "attention": {"lora": {"target_modules": attention.split(",")}},   # attention only, no FFN / output
         "embeddings": {"lora": {"modules_to_save": embeddings.split(",")}},  # the word embeddings trained in full

@@ -227,11 +227,9 @@ def regime(setting: Setting) -> str:
     return "steps" if setting.overrides.get("train", {}).get("max_steps") else "epochs"
 
 
-def recipe_rows(seeds: dict[str, dict], settings: list[Setting]) -> list[list[str]]:
-    """The recipe table's rows: seed groups sharing attack, run, count and size, two or more recipes each, every
-    group shown by what its recipe changes from the overrides all of them share."""
-    from peftlab.report.format import DASH, escape_md, fmt_ci, fmt_p
-
+def recipe_groups(seeds: dict[str, dict], settings: list[Setting]) -> list[dict]:
+    """The recipe table's groups: seed groups sharing attack, run, count and size, two or more recipes each, every
+    group named by what its recipe changes from the overrides all of them share."""
     by_name = {s.name: s for s in settings}
     blocks: dict[tuple, list[tuple[dict, dict]]] = {}
     for g in seeds.values():
@@ -240,20 +238,72 @@ def recipe_rows(seeds: dict[str, dict], settings: list[Setting]) -> list[list[st
         rec = {k: v for k, v in recipe(s).items() if k not in REGIME_KEYS}
         blocks.setdefault((s.attack, s.run, s.train_rows, s.budget(s.train_rows or 0), s.test_rows, regime(s)),
                           []).append((rec, g))
-    rows = []
+    out = []
     for (attack, run, size, count, _, _), members in blocks.items():
         if len({repr(sorted(r.items())) for r, _ in members}) < 2:
             continue
         shared = {k: v for k, v in members[0][0].items() if all(k in r and r[k] == v for r, _ in members)}
         for rec, g in members:
-            change = ", ".join(f"{k}={v}" for k, v in rec.items() if k not in shared)
-            significant = g["cmh_p_holm"] < STUDY_ALPHA and g["gain_mean"] > 0
-            rows.append([escape_md(attack), escape_md(run), str(size), str(count), escape_md(change) or DASH,
-                         str(len(g["settings"])), fmt_ci(g["cacc_mean"], *g["cacc_ci"]),
-                         fmt_ci(g["asr_mean"], *g["asr_ci"]), fmt_ci(g["gain_mean"], *g["gain_ci"], signed=True),
-                         fmt_p(g["cmh_p_holm"]), "yes" if significant else "no",
-                         "yes" if g["asr_mean"] >= RECIPE_ASR else "no"])
+            out.append({"attack": attack, "run": run, "size": size, "count": count, "group": g,
+                        "change": ", ".join(f"{k}={v}" for k, v in rec.items() if k not in shared)})
+    return out
+
+
+def recipe_rows(groups: list[dict]) -> list[list[str]]:
+    """The recipe table: each group's change, CACC, ASR and gain with their intervals, and the two verdicts."""
+    from peftlab.report.format import DASH, escape_md, fmt_ci, fmt_p
+
+    rows = []
+    for r in groups:
+        g = r["group"]
+        significant = g["cmh_p_holm"] < STUDY_ALPHA and g["gain_mean"] > 0
+        rows.append([escape_md(r["attack"]), escape_md(r["run"]), str(r["size"]), str(r["count"]),
+                     escape_md(r["change"]) or DASH, str(len(g["settings"])), fmt_ci(g["cacc_mean"], *g["cacc_ci"]),
+                     fmt_ci(g["asr_mean"], *g["asr_ci"]), fmt_ci(g["gain_mean"], *g["gain_ci"], signed=True),
+                     fmt_p(g["cmh_p_holm"]), "yes" if significant else "no",
+                     "yes" if g["asr_mean"] >= RECIPE_ASR else "no"])
     return rows
+
+
+def recipe_points(groups: list[dict]) -> list[dict]:
+    """The recipe figure's points: label (the change, count/size), mean ASR and gain with their intervals."""
+    return [{"label": f"{r['change'] or 'base'} ({r['count']}/{r['size']})",
+             **{k: r["group"][f"{k}_mean"] for k in ("asr", "gain")},
+             **{f"{k}_ci": r["group"][f"{k}_ci"] for k in ("asr", "gain")}} for r in groups]
+
+
+def recipes_without_group(groups: list[dict], settings: list[Setting], collapsed: list[str]) -> list[str]:
+    """Recipes tried at a recipe table's count and size that formed no seed group (fewer than two seeds whose
+    poisoned and clean victims both trained), each with how many seeds were left: a recipe that only fails to
+    train says nothing about the backdoor, but it was tried and the table must not hide it."""
+    by_name = {s.name: s for s in settings}
+    blocks = {(r["attack"], r["run"], r["size"], r["count"]) for r in groups}
+    grouped = {recipe_cell(by_name[n]) for r in groups for n in r["group"]["settings"]}
+    lost: dict[str, list[Setting]] = {}
+    for s in settings:
+        if (s.attack, s.run, s.train_rows, s.budget(s.train_rows or 0)) in blocks and recipe_cell(s) not in grouped:
+            lost.setdefault(recipe_cell(s), []).append(s)
+    return [f"`{cell}` ({sum(s.name not in collapsed and s.reference_name() not in collapsed for s in members)} of "
+            f"{len(members)} seeds left)" for cell, members in lost.items()]
+
+
+def recipe_finding(groups: list[dict], without_group: list[str] | None = None) -> str:
+    """The recipe table's answer: the recipes whose mean ASR reaches the bar, or, if none does, the one that came
+    closest (the issue asks for either), and the recipes tried that formed no group."""
+    from peftlab.report.format import DASH, fmt_ci
+
+    name = lambda r: f"`{r['change'] or DASH}` ({r['count']} of {r['size']} rows)"  # noqa: E731
+    asr = lambda r: fmt_ci(r["group"]["asr_mean"], *r["group"]["asr_ci"])  # noqa: E731
+    reach = [r for r in groups if r["group"]["asr_mean"] >= RECIPE_ASR]
+    lost = (" No group, too few seeds whose victims trained (the training failures above): "
+            + ", ".join(without_group) + ".") if without_group else ""
+    if reach:
+        return f"Mean ASR >= {RECIPE_ASR} under: " + "; ".join(f"{name(r)}, ASR {asr(r)}" for r in reach) + "." + lost
+    best = max(groups, key=lambda r: r["group"]["asr_mean"])
+    return (f"None of the {len(groups)} recipe groups tried reaches mean ASR {RECIPE_ASR}; the closest is "
+            f"{name(best)}: ASR {asr(best)}, a gain of "
+            f"{fmt_ci(best['group']['gain_mean'], *best['group']['gain_ci'], signed=True)} over its clean reference."
+            + lost)
 
 
 def recipe_cell(setting: Setting) -> str:
@@ -357,7 +407,7 @@ def study_report(seeds: dict[str, dict], comparisons: list[dict], settings: list
                         for (a, r, rg, rc, n), cs in sorted(smallest.items(), key=lambda kv: repr(kv[0]))])]
     if any(not recipe_cell(by_name[g["settings"][0]]) for g in seeds.values()):
         lines += [f"![ASR gain against the count and the rate]({Path(plots, 'count_law.png').as_posix()})", ""]
-    recipes = recipe_rows(seeds, settings)
+    recipes = recipe_groups(seeds, settings)
     if recipes:
         lines += ["## Victim recipes", "",
                   "Seed groups of one attack, run, count and size that differ only in the victim's recipe (python -m "
@@ -366,7 +416,9 @@ def study_report(seeds: dict[str, dict], comparisons: list[dict], settings: list
                   f"(positive, Holm p < {STUDY_ALPHA}), and whether the mean ASR reaches {RECIPE_ASR}.", "",
                   md_table(["attack", "run", "train rows", "poisoned", "recipe change", "seeds", "CACC [95% CI]",
                             "ASR [95% CI]", "ASR gain [95% CI]", "Holm p", "gain significant",
-                            f"ASR >= {RECIPE_ASR}"], recipes)]
+                            f"ASR >= {RECIPE_ASR}"], recipe_rows(recipes)),
+                  recipe_finding(recipes, recipes_without_group(recipes, settings, collapsed or [])), "",
+                  f"![the victim recipes]({Path(plots, 'recipes.png').as_posix()})", ""]
     if comparisons:
         blocks: dict[tuple, list[dict]] = {}
         for c in comparisons:
@@ -394,7 +446,7 @@ def summarize(pp: PoisonParams, labels: list[str], metrics_root: Path = paths.PO
     """poison_report stage: every setting keyed by its name, with its CACC drop and paired ASR gain against the
     clean model trained the same way (`Setting.reference_name`; the main run for whole-split settings).
     `partial` (the study, which runs in chunks): settings not run yet are left out and listed, not an error."""
-    from peftlab.report.plots import plot_continued_training, plot_count_law, plot_poison_sweep
+    from peftlab.report.plots import plot_continued_training, plot_count_law, plot_poison_sweep, plot_recipes
 
     target = labels.index(pp.target)
     sweep = sweep_settings(pp)
@@ -434,6 +486,9 @@ def summarize(pp: PoisonParams, labels: list[str], metrics_root: Path = paths.PO
                                     str(plots)))
     if seeds:
         plot_count_law(count_law_rows(seeds, settings), plots / "count_law.png")
+        recipes = recipe_groups(seeds, settings)
+        if recipes:
+            plot_recipes(recipe_points(recipes), RECIPE_ASR, plots / "recipes.png")
     rows = [{"size": s.train_rows, "count": results[s.name]["count"], "rate": results[s.name]["rate"],
              "asr": results[s.name]["asr"], "cacc": results[s.name]["cacc"]} for s in sweep]
     write_json(plots / "count_sweep.json", rows)

@@ -176,6 +176,27 @@ def plot_count_law(rows: list[dict], path: str | Path) -> None:
     save_figure(fig, path)
 
 
+def plot_recipes(rows: list[dict], bar: float, path: str | Path) -> None:
+    """The recipe table as a picture: per victim recipe, the poisoned victims' mean ASR (left, with the bar a
+    working backdoor must reach) and the gain over the clean model trained the same way (right), each with its
+    95% t interval over the seeds. `rows`: label, asr, asr_ci, gain, gain_ci."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.45 * len(rows) + 1.6), sharey=True)
+    y = np.arange(len(rows))
+    for ax, (key, xlabel) in zip(axes, (("asr", "ASR (poisoned victims)"), ("gain", "ASR gain over the clean model"))):
+        mean = np.array([r[key] for r in rows])
+        err = np.array([[m - r[f"{key}_ci"][0] for m, r in zip(mean, rows)],
+                        [r[f"{key}_ci"][1] - m for m, r in zip(mean, rows)]])
+        ax.errorbar(mean, y, xerr=err, fmt="o", capsize=3, color="#4C72B0")
+        ax.axvline(bar if key == "asr" else 0, color="grey", ls="--" if key == "asr" else "-", lw=0.8)
+        ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_xlim(-0.05, 1.05)
+    axes[0].set_yticks(y, [r["label"] for r in rows], fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle(f"victim recipes: mean over seeds, 95% t interval (dashed: ASR {bar})")
+    save_figure(fig, path)
+
+
 def accuracy_vs_latency(df: pd.DataFrame, path: Path) -> bool:
     """Accuracy against p50 latency (log axis), marker area by peak memory: the methods worth deploying sit
     top-left and small. Only benchmarked methods have a latency."""
