@@ -227,6 +227,13 @@ def regime(setting: Setting) -> str:
     return "steps" if setting.overrides.get("train", {}).get("max_steps") else "epochs"
 
 
+def recipe_block(setting: Setting) -> tuple:
+    """What the recipe table's rows share (attack, run, size, count, test rows, regime): recipes compare within one
+    block. The regime (epochs or fixed steps) is the study's design, not a victim's recipe."""
+    return (setting.attack, setting.run, setting.train_rows, setting.budget(setting.train_rows or 0),
+            setting.test_rows, regime(setting))
+
+
 def recipe_groups(seeds: dict[str, dict], settings: list[Setting]) -> list[dict]:
     """The recipe table's groups: seed groups sharing attack, run, count and size, two or more recipes each, every
     group named by what its recipe changes from the overrides all of them share."""
@@ -234,17 +241,16 @@ def recipe_groups(seeds: dict[str, dict], settings: list[Setting]) -> list[dict]
     blocks: dict[tuple, list[tuple[dict, dict]]] = {}
     for g in seeds.values():
         s = by_name[g["settings"][0]]
-        # the regime (epochs or fixed steps) is the study's design, not a victim's recipe: compared within one
         rec = {k: v for k, v in recipe(s).items() if k not in REGIME_KEYS}
-        blocks.setdefault((s.attack, s.run, s.train_rows, s.budget(s.train_rows or 0), s.test_rows, regime(s)),
-                          []).append((rec, g))
+        blocks.setdefault(recipe_block(s), []).append((rec, g))
     out = []
-    for (attack, run, size, count, _, _), members in blocks.items():
+    for block, members in blocks.items():
+        attack, run, size, count = block[:4]
         if len({repr(sorted(r.items())) for r, _ in members}) < 2:
             continue
         shared = {k: v for k, v in members[0][0].items() if all(k in r and r[k] == v for r, _ in members)}
         for rec, g in members:
-            out.append({"attack": attack, "run": run, "size": size, "count": count, "group": g,
+            out.append({"attack": attack, "run": run, "size": size, "count": count, "block": block, "group": g,
                         "change": ", ".join(f"{k}={v}" for k, v in rec.items() if k not in shared)})
     return out
 
@@ -277,11 +283,11 @@ def recipes_without_group(groups: list[dict], settings: list[Setting], collapsed
     poisoned and clean victims both trained), each with how many seeds were left: a recipe that only fails to
     train says nothing about the backdoor, but it was tried and the table must not hide it."""
     by_name = {s.name: s for s in settings}
-    blocks = {(r["attack"], r["run"], r["size"], r["count"]) for r in groups}
+    blocks = {r["block"] for r in groups}
     grouped = {recipe_cell(by_name[n]) for r in groups for n in r["group"]["settings"]}
     lost: dict[str, list[Setting]] = {}
     for s in settings:
-        if (s.attack, s.run, s.train_rows, s.budget(s.train_rows or 0)) in blocks and recipe_cell(s) not in grouped:
+        if recipe_block(s) in blocks and recipe_cell(s) not in grouped:
             lost.setdefault(recipe_cell(s), []).append(s)
     return [f"`{cell}` ({sum(s.name not in collapsed and s.reference_name() not in collapsed for s in members)} of "
             f"{len(members)} seeds left)" for cell, members in lost.items()]
